@@ -1,0 +1,85 @@
+//! Storage for FHIR resources behind traits.
+//!
+//! Owns: the [`Store`] / [`StoreTx`] traits every backend implements, the version and
+//! index records they persist, the SQLite backend ([`sqlite::SqliteStore`]), and the
+//! backend contract suite ([`contract`]) that every backend must pass.
+//!
+//! Must not touch: FHIR semantics. The store does not parse resources, assign versions
+//! or decide what a search parameter means; the service layer hands it finished
+//! resource text plus the index rows to keep, and the store keeps them atomically.
+
+pub mod contract;
+mod model;
+pub mod sqlite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+
+/// Errors a backend reports. User-caused conditions are distinct variants so the
+/// service can map them to precise FHIR responses; everything else is `Backend`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource's latest version is not the one the writer expected.
+    #[error("version conflict on {rtype}/{id}: expected {expected:?}, found {found:?}")]
+    VersionConflict {
+        rtype: String,
+        id: String,
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
+    /// A query the backend cannot run (e.g. a clause kind it does not index).
+    #[error("unsupported query: {0}")]
+    Unsupported(String),
+    /// The database is locked or busy beyond the configured timeout.
+    #[error("storage busy: {0}")]
+    Busy(String),
+    /// Any other backend failure; details are logged, not shown to clients.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A FHIR resource store. Reads outside a transaction see the latest committed state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for logs and `/metadata` (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Latest version of a resource, including a deletion marker; `None` if never stored.
+    async fn read(&self, rtype: &str, id: &str) -> Result<Option<VersionRecord>>;
+
+    /// A specific version.
+    async fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>>;
+
+    /// History entries, newest first.
+    async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage>;
+
+    /// Current (non-deleted) resources matching a query.
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage>;
+
+    /// Start an atomic unit of work. Writes inside it are invisible to others until
+    /// [`StoreTx::commit`]; dropping it without committing rolls everything back.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+
+    /// Number of current (non-deleted) resources per type, for `/metadata` and stats.
+    async fn counts(&self) -> Result<Vec<(String, u64)>>;
+}
+
+/// One atomic unit of work on a [`Store`].
+#[async_trait]
+pub trait StoreTx: Send {
+    /// Latest version as seen inside this transaction (including its own writes).
+    async fn read(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>>;
+
+    /// Search as seen inside this transaction (for conditional operations).
+    async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage>;
+
+    /// Store a new version. Fails with [`StoreError::VersionConflict`] unless the
+    /// resource's latest version equals `write.expected_version` (None: never stored).
+    async fn put(&mut self, write: NewVersion) -> Result<()>;
+
+    /// Make every write of this transaction durable and visible.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}

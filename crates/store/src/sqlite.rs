@@ -1,0 +1,663 @@
+//! The embedded SQLite backend: one writer connection, a pool of readers, WAL.
+//!
+//! A resource's version row, its "current" pointer and its index rows are written in
+//! one SQLite transaction (`BEGIN IMMEDIATE` on the single writer), so a crash never
+//! leaves a version without its indexes. Readers use separate connections and see the
+//! last committed state (WAL snapshot isolation).
+
+use crate::{
+    Clause, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result,
+    SearchPage, SearchQuery, Store, StoreError, StoreTx, VersionRecord,
+};
+use async_trait::async_trait;
+use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+/// Durability of a commit (SQLite `PRAGMA synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Survives a process crash; an OS crash or power loss may lose the last commits.
+    #[default]
+    Normal,
+    /// Every commit is fsynced before it is acknowledged.
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub durability: Durability,
+    /// Maximum reader connections kept open.
+    pub readers: usize,
+    /// How long a connection waits on a lock before failing with `Busy`.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Normal,
+            readers: 8,
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE resource_versions (
+    seq INTEGER PRIMARY KEY,
+    rtype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    body TEXT,
+    UNIQUE (rtype, id, version)
+);
+CREATE INDEX rv_type_seq ON resource_versions (rtype, seq);
+CREATE INDEX rv_updated ON resource_versions (last_updated);
+CREATE TABLE resources (
+    rtype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    PRIMARY KEY (rtype, id)
+) WITHOUT ROWID;
+CREATE INDEX resources_type_seq ON resources (rtype, deleted, seq);
+CREATE TABLE idx_token (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT NOT NULL);
+CREATE INDEX idx_token_lookup ON idx_token (rtype, param, code, system);
+CREATE INDEX idx_token_owner ON idx_token (rtype, id);
+CREATE TABLE idx_string (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, normalized TEXT NOT NULL, exact TEXT NOT NULL);
+CREATE INDEX idx_string_lookup ON idx_string (rtype, param, normalized);
+CREATE INDEX idx_string_owner ON idx_string (rtype, id);
+CREATE TABLE idx_reference (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, target_type TEXT, target_id TEXT NOT NULL, version TEXT);
+CREATE INDEX idx_reference_lookup ON idx_reference (rtype, param, target_id, target_type);
+CREATE INDEX idx_reference_target ON idx_reference (target_type, target_id);
+CREATE INDEX idx_reference_owner ON idx_reference (rtype, id);
+CREATE TABLE idx_date (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL);
+CREATE INDEX idx_date_lookup ON idx_date (rtype, param, low, high);
+CREATE INDEX idx_date_owner ON idx_date (rtype, id);
+CREATE TABLE idx_number (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT);
+CREATE INDEX idx_number_lookup ON idx_number (rtype, param, value);
+CREATE INDEX idx_number_owner ON idx_number (rtype, id);
+CREATE TABLE idx_uri (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL);
+CREATE INDEX idx_uri_lookup ON idx_uri (rtype, param, uri);
+CREATE INDEX idx_uri_owner ON idx_uri (rtype, id);
+"#];
+
+const INDEX_TABLES: &[&str] = &[
+    "idx_token",
+    "idx_string",
+    "idx_reference",
+    "idx_date",
+    "idx_number",
+    "idx_uri",
+];
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+        ) {
+            return StoreError::Busy(e.to_string());
+        }
+    }
+    StoreError::Backend(e.to_string())
+}
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    writer: Arc<AsyncMutex<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file at `path` and apply migrations.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let writer = Connection::open(&path).map_err(db_err)?;
+        configure(&writer, &options, false)?;
+        migrate(&writer)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                writer: Arc::new(AsyncMutex::new(writer)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Open `salus.db` inside a data directory.
+    pub fn open_dir(dir: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        Self::open(dir.as_ref().join("salus.db"), options)
+    }
+
+    fn reader(&self) -> Result<Reader<'_>> {
+        let pooled = self.inner.readers.lock().expect("reader pool").pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(db_err)?;
+                configure(&c, &self.inner.options, true)?;
+                c
+            }
+        };
+        Ok(Reader {
+            store: self,
+            conn: Some(conn),
+        })
+    }
+
+    /// Flush the WAL into the main database file (used at shutdown).
+    pub async fn checkpoint(&self) -> Result<()> {
+        let w = self.inner.writer.lock().await;
+        w.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(db_err)
+    }
+}
+
+struct Reader<'a> {
+    store: &'a SqliteStore,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("reader connection")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut pool = self.store.inner.readers.lock().expect("reader pool");
+            if pool.len() < self.store.inner.options.readers {
+                pool.push(c);
+            }
+        }
+    }
+}
+
+fn configure(conn: &Connection, options: &SqliteOptions, reader: bool) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(options.busy_timeout_ms))
+        .map_err(db_err)?;
+    let sync = match options.durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY; \
+         PRAGMA cache_size=-32768; PRAGMA mmap_size=268435456;{}",
+        if reader { " PRAGMA query_only=1;" } else { "" }
+    ))
+    .map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let applied: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(db_err)? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {applied} is newer than this build supports ({}); upgrade Salus",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let batch = format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1);
+        conn.execute_batch(&batch).map_err(db_err)?;
+        tracing::info!(version = i + 1, "applied SQLite schema migration");
+    }
+    Ok(())
+}
+
+const VERSION_COLS: &str = "v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    let method: String = row.get(4)?;
+    Ok(VersionRecord {
+        rtype: row.get(0)?,
+        id: row.get(1)?,
+        version: row.get::<_, i64>(2)? as u64,
+        last_updated: row.get(3)?,
+        method: Method::parse(&method).unwrap_or(Method::Put),
+        body: row.get(5)?,
+        seq: row.get(6)?,
+    })
+}
+
+fn read_latest(conn: &Connection, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+             WHERE r.rtype = ?1 AND r.id = ?2"
+        ))
+        .map_err(db_err)?;
+    st.query_row(params![rtype, id], row_to_record)
+        .optional()
+        .map_err(db_err)
+}
+
+fn read_version(
+    conn: &Connection,
+    rtype: &str,
+    id: &str,
+    version: u64,
+) -> Result<Option<VersionRecord>> {
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM resource_versions v \
+             WHERE v.rtype = ?1 AND v.id = ?2 AND v.version = ?3"
+        ))
+        .map_err(db_err)?;
+    st.query_row(params![rtype, id, version as i64], row_to_record)
+        .optional()
+        .map_err(db_err)
+}
+
+fn history(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage> {
+    let mut filter = String::from("1=1");
+    let mut args: Vec<Sql> = vec![];
+    match &q.scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(t) => {
+            filter.push_str(" AND v.rtype = ?");
+            args.push(Sql::Text(t.clone()));
+        }
+        HistoryScope::Instance(t, id) => {
+            filter.push_str(" AND v.rtype = ? AND v.id = ?");
+            args.push(Sql::Text(t.clone()));
+            args.push(Sql::Text(id.clone()));
+        }
+    }
+    if let Some(since) = q.since {
+        filter.push_str(" AND v.last_updated >= ?");
+        args.push(Sql::Integer(since));
+    }
+    if let Some(before) = q.before {
+        filter.push_str(" AND v.last_updated <= ?");
+        args.push(Sql::Integer(before));
+    }
+    let total: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM resource_versions v WHERE {filter}"
+        ))
+        .map_err(db_err)?
+        .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+        .map_err(db_err)?;
+    if let Some(c) = q.cursor {
+        filter.push_str(" AND v.seq < ?");
+        args.push(Sql::Integer(c));
+    }
+    args.push(Sql::Integer(q.count as i64 + 1));
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM resource_versions v WHERE {filter} ORDER BY v.seq DESC LIMIT ?"
+        ))
+        .map_err(db_err)?;
+    let mut entries: Vec<VersionRecord> = st
+        .query_map(rusqlite::params_from_iter(args.iter()), row_to_record)
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db_err)?;
+    let next = if entries.len() > q.count {
+        entries.truncate(q.count);
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(HistoryPage {
+        entries,
+        total: total as u64,
+        next,
+    })
+}
+
+fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage> {
+    let mut filter = String::from("r.rtype = ? AND r.deleted = 0");
+    let mut args: Vec<Sql> = vec![Sql::Text(q.rtype.clone())];
+    for clause in &q.clauses {
+        match clause {
+            Clause::Id(ids) => {
+                if ids.is_empty() {
+                    filter.push_str(" AND 0");
+                    continue;
+                }
+                filter.push_str(" AND r.id IN (");
+                for (i, id) in ids.iter().enumerate() {
+                    filter.push_str(if i == 0 { "?" } else { ",?" });
+                    args.push(Sql::Text(id.clone()));
+                }
+                filter.push(')');
+            }
+            Clause::Token { param, any } => {
+                if any.is_empty() {
+                    filter.push_str(" AND 0");
+                    continue;
+                }
+                filter.push_str(
+                    " AND EXISTS (SELECT 1 FROM idx_token t WHERE t.rtype = r.rtype AND t.id = r.id AND t.param = ? AND (",
+                );
+                args.push(Sql::Text(param.clone()));
+                for (i, m) in any.iter().enumerate() {
+                    if i > 0 {
+                        filter.push_str(" OR ");
+                    }
+                    filter.push_str("(1=1");
+                    if let Some(code) = &m.code {
+                        filter.push_str(" AND t.code = ?");
+                        args.push(Sql::Text(code.clone()));
+                    }
+                    match &m.system {
+                        None => {}
+                        Some(s) if s.is_empty() => filter.push_str(" AND t.system IS NULL"),
+                        Some(s) => {
+                            filter.push_str(" AND t.system = ?");
+                            args.push(Sql::Text(s.clone()));
+                        }
+                    }
+                    filter.push(')');
+                }
+                filter.push_str("))");
+            }
+            Clause::LastUpdated { low, high } => {
+                if let Some(l) = low {
+                    filter.push_str(" AND r.last_updated >= ?");
+                    args.push(Sql::Integer(*l));
+                }
+                if let Some(h) = high {
+                    filter.push_str(" AND r.last_updated <= ?");
+                    args.push(Sql::Integer(*h));
+                }
+            }
+        }
+    }
+    let total = if q.with_total {
+        let n: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM resources r WHERE {filter}"))
+            .map_err(db_err)?
+            .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+            .map_err(db_err)?;
+        Some(n as u64)
+    } else {
+        None
+    };
+    args.push(Sql::Integer(q.count as i64 + 1));
+    args.push(Sql::Integer(q.offset as i64));
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLS} FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+             WHERE {filter} ORDER BY r.seq LIMIT ? OFFSET ?"
+        ))
+        .map_err(db_err)?;
+    let mut entries: Vec<VersionRecord> = st
+        .query_map(rusqlite::params_from_iter(args.iter()), row_to_record)
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db_err)?;
+    let more = entries.len() > q.count;
+    entries.truncate(q.count);
+    Ok(SearchPage {
+        entries,
+        total,
+        more,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn read(&self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+        read_latest(&*self.reader()?, rtype, id)
+    }
+
+    async fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>> {
+        read_version(&*self.reader()?, rtype, id, version)
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
+        history(&*self.reader()?, query)
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
+        search(&*self.reader()?, query)
+    }
+
+    async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+        let conn = self.inner.writer.clone().lock_owned().await;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+        Ok(Box::new(SqliteTx { conn, open: true }))
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, u64)>> {
+        let r = self.reader()?;
+        let mut st = r
+            .prepare_cached(
+                "SELECT rtype, count(*) FROM resources WHERE deleted = 0 GROUP BY rtype ORDER BY rtype",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))
+            .map_err(db_err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db_err)?;
+        Ok(rows)
+    }
+}
+
+/// The writer connection, held for the life of a transaction.
+struct SqliteTx {
+    conn: OwnedMutexGuard<Connection>,
+    open: bool,
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "rollback failed");
+            }
+        }
+    }
+}
+
+impl SqliteTx {
+    fn put_sync(&mut self, w: NewVersion) -> Result<()> {
+        let conn: &Connection = &self.conn;
+        let found: Option<i64> = conn
+            .prepare_cached("SELECT version FROM resources WHERE rtype = ?1 AND id = ?2")
+            .map_err(db_err)?
+            .query_row(params![w.rtype, w.id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        let found = found.map(|v| v as u64);
+        if found != w.expected_version {
+            return Err(StoreError::VersionConflict {
+                rtype: w.rtype,
+                id: w.id,
+                expected: w.expected_version,
+                found,
+            });
+        }
+        conn.prepare_cached(
+            "INSERT INTO resource_versions (rtype, id, version, last_updated, method, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            w.rtype,
+            w.id,
+            w.version as i64,
+            w.last_updated,
+            w.method.as_str(),
+            w.body
+        ])
+        .map_err(db_err)?;
+        let seq = conn.last_insert_rowid();
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO resources (rtype, id, version, seq, deleted, last_updated) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            w.rtype,
+            w.id,
+            w.version as i64,
+            seq,
+            w.body.is_none(),
+            w.last_updated
+        ])
+        .map_err(db_err)?;
+        if found.is_some() {
+            for table in INDEX_TABLES {
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rtype = ?1 AND id = ?2"))
+                    .map_err(db_err)?
+                    .execute(params![w.rtype, w.id])
+                    .map_err(db_err)?;
+            }
+        }
+        if w.body.is_some() {
+            insert_index(conn, &w.rtype, &w.id, &w.index)?;
+        }
+        Ok(())
+    }
+}
+
+fn insert_index(conn: &Connection, rtype: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
+    for row in rows {
+        match row {
+            IndexRow::Token {
+                param,
+                system,
+                code,
+            } => conn
+                .prepare_cached(
+                    "INSERT INTO idx_token (rtype, id, param, system, code) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db_err)?
+                .execute(params![rtype, id, param, system, code]),
+            IndexRow::String {
+                param,
+                normalized,
+                exact,
+            } => conn
+                .prepare_cached(
+                    "INSERT INTO idx_string (rtype, id, param, normalized, exact) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db_err)?
+                .execute(params![rtype, id, param, normalized, exact]),
+            IndexRow::Reference {
+                param,
+                target_type,
+                target_id,
+                version,
+            } => conn
+                .prepare_cached(
+                    "INSERT INTO idx_reference (rtype, id, param, target_type, target_id, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db_err)?
+                .execute(params![rtype, id, param, target_type, target_id, version]),
+            IndexRow::Date { param, low, high } => conn
+                .prepare_cached(
+                    "INSERT INTO idx_date (rtype, id, param, low, high) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db_err)?
+                .execute(params![rtype, id, param, low, high]),
+            IndexRow::Number {
+                param,
+                value,
+                system,
+                code,
+            } => conn
+                .prepare_cached(
+                    "INSERT INTO idx_number (rtype, id, param, value, system, code) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db_err)?
+                .execute(params![rtype, id, param, value, system, code]),
+            IndexRow::Uri { param, uri } => conn
+                .prepare_cached("INSERT INTO idx_uri (rtype, id, param, uri) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(db_err)?
+                .execute(params![rtype, id, param, uri]),
+        }
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl StoreTx for SqliteTx {
+    async fn read(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+        read_latest(&self.conn, rtype, id)
+    }
+
+    async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
+        search(&self.conn, query)
+    }
+
+    async fn put(&mut self, write: NewVersion) -> Result<()> {
+        self.put_sync(write)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.conn.execute_batch("COMMIT").map_err(db_err)?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_passes_the_backend_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap();
+        crate::contract::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap();
+            let mut tx = store.begin().await.unwrap();
+            tx.put(crate::contract::new_version("Patient", "p1", 1, None, "{}"))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap();
+        assert!(store.read("Patient", "p1").await.unwrap().is_some());
+    }
+}
