@@ -1,1 +1,80 @@
-fn main() {}
+//! `salus`: the command-line entry point.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use salus::config::{Config, Overrides};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "salus",
+    version,
+    about = "Salus: an open, self-hostable FHIR R4 health-data server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the FHIR server
+    Serve {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Load FHIR Bundles (.json) and NDJSON files or folders into a data dir or a running server
+    Import {
+        /// Files or folders to import
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Import into a running server at this base URL instead of a data dir
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Hide the progress bar
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Validate resources in files against the R4 definitions without storing them
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { overrides } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            runtime.block_on(salus::serve::serve(config))
+        }
+        Command::Import {
+            paths,
+            server,
+            quiet,
+            overrides,
+        } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            let ok = runtime.block_on(salus::import::run_cli(&config, &paths, server, !quiet))?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Validate { paths } => {
+            let ok = salus::import::validate_cli(&paths)?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,29 @@
-//! placeholder
+//! FHIR semantics over a [`salus_store::Store`]: the one service every entry point
+//! (HTTP API, import, HL7 v2, devices, scheduling) reads and writes through.
+//!
+//! Owns: validation on write, version and `meta` assignment, conditional create /
+//! update / delete / patch, history, transaction and batch Bundles with reference
+//! resolution, the search-query parsing it needs for conditional operations, and
+//! response shaping (`_summary`, `_elements`).
+//! Must not touch: HTTP (status codes are described by [`FhirError`], not produced),
+//! SQL, configuration files.
+
+mod bundle;
+mod error;
+mod import;
+mod index;
+mod query;
+pub mod response;
+mod service;
+pub mod shape;
+pub mod time;
+
+pub use bundle::parse_etag;
+pub use bundle::BundleKind;
+pub use error::status_line;
+pub use error::FhirError;
+pub use import::ImportFailure;
+pub use query::{parse_pairs, parse_search, SearchRequest};
+pub use service::{FhirService, Limits, Return, WriteOutcome};
+
+pub type Result<T, E = FhirError> = std::result::Result<T, E>;

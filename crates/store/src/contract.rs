@@ -66,10 +66,22 @@ pub async fn create_read_vread(store: Arc<dyn Store>) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let cur = store.read("CrudA", "1").await.unwrap().expect("read latest");
+    let cur = store
+        .read("CrudA", "1")
+        .await
+        .unwrap()
+        .expect("read latest");
     assert_eq!(cur.version, 2, "read returns the latest version");
-    assert_eq!(cur.body.as_deref(), Some(r#"{"v":2}"#), "body stored verbatim");
-    let v1 = store.vread("CrudA", "1", 1).await.unwrap().expect("vread v1");
+    assert_eq!(
+        cur.body.as_deref(),
+        Some(r#"{"v":2}"#),
+        "body stored verbatim"
+    );
+    let v1 = store
+        .vread("CrudA", "1", 1)
+        .await
+        .unwrap()
+        .expect("vread v1");
     assert_eq!(v1.body.as_deref(), Some(r#"{"v":1}"#));
     assert!(v1.seq < cur.seq, "seq increases with each version");
     assert!(store.vread("CrudA", "1", 3).await.unwrap().is_none());

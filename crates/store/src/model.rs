@@ -144,9 +144,15 @@ pub struct TokenMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Clause {
     Id(Vec<String>),
-    Token { param: String, any: Vec<TokenMatch> },
+    Token {
+        param: String,
+        any: Vec<TokenMatch>,
+    },
     /// `_lastUpdated` range in micros, inclusive.
-    LastUpdated { low: Option<i64>, high: Option<i64> },
+    LastUpdated {
+        low: Option<i64>,
+        high: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,591 @@
+//! Request handlers: each one parses HTTP, calls the service, and writes HTTP.
+
+use crate::error::ApiError;
+use crate::negotiate::{
+    header_value, json_response, prefer_return, read_bytes, read_json, response_format,
+    text_response, Format,
+};
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use salus_service::response::{etag, history_bundle, searchset};
+use salus_service::{parse_etag, parse_pairs, shape, time, FhirError, Return, WriteOutcome};
+use salus_store::{HistoryScope, VersionRecord};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+type Pairs = Vec<(String, String)>;
+type ApiResult = Result<Response, ApiError>;
+
+fn pairs(q: &Option<String>) -> Pairs {
+    q.as_deref().map(parse_pairs).unwrap_or_default()
+}
+
+/// The server's base URL for `fullUrl`, `Location` and links.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(b) = &state.config.base_url {
+        return b.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        None => Ok(None),
+        Some(s) => parse_etag(s).map(Some).ok_or_else(|| {
+            ApiError::Fhir(FhirError::invalid(format!(
+                "If-Match '{s}' is not a version ETag like W/\"3\""
+            )))
+        }),
+    }
+}
+
+/// Response for a stored version: body per `Prefer`, with ETag, Last-Modified, Location.
+fn version_response(
+    r: &VersionRecord,
+    status: StatusCode,
+    ret: Return,
+    fmt: Format,
+    base: &str,
+    location: bool,
+) -> Response {
+    let mut resp = match ret {
+        Return::Minimal => status.into_response(),
+        Return::OperationOutcome => json_response(
+            status,
+            &salus_fhir::issue::operation_outcome(&[salus_fhir::Issue::information(format!(
+                "{}/{}/_history/{} stored",
+                r.rtype, r.id, r.version
+            ))]),
+            fmt,
+        ),
+        Return::Representation => text_response(status, r.body.clone().unwrap_or_default(), fmt),
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, header_value(&etag(r.version)));
+    h.insert(
+        header::LAST_MODIFIED,
+        header_value(&time::format_http_date(r.last_updated)),
+    );
+    if location {
+        h.insert(
+            header::LOCATION,
+            header_value(&format!(
+                "{base}/{}/{}/_history/{}",
+                r.rtype, r.id, r.version
+            )),
+        );
+    }
+    resp
+}
+
+fn write_response(out: WriteOutcome, headers: &HeaderMap, fmt: Format, base: &str) -> Response {
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    version_response(&out.record, status, prefer_return(headers), fmt, base, true)
+}
+
+pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    metadata(State(state), headers, RawQuery(None)).await
+}
+
+pub async fn metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let fmt = response_format(&headers, &pairs(&q))?;
+    let base = base_url(&state, &headers);
+    Ok(json_response(
+        StatusCode::OK,
+        &crate::capability::capability_statement(&base, state.service.store().backend()),
+        fmt,
+    ))
+}
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state
+        .service
+        .store()
+        .read("Patient", "-health-check-")
+        .await
+    {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}")).into_response(),
+    }
+}
+
+/// Counters exported at `/metrics` in the Prometheus text format.
+#[derive(Default)]
+pub struct Metrics {
+    by_class: [AtomicU64; 6],
+    latency_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Middleware: count requests and log them.
+pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let micros = start.elapsed().as_micros() as u64;
+    let class = (resp.status().as_u16() / 100) as usize;
+    let m = &state.metrics;
+    m.by_class[class.min(5)].fetch_add(1, Ordering::Relaxed);
+    m.latency_micros.fetch_add(micros, Ordering::Relaxed);
+    m.count.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), micros, "request");
+    resp
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.metrics;
+    let mut out = String::new();
+    out.push_str("# HELP salus_http_requests_total HTTP requests by status class.\n# TYPE salus_http_requests_total counter\n");
+    for (i, c) in m.by_class.iter().enumerate().skip(1) {
+        out.push_str(&format!(
+            "salus_http_requests_total{{class=\"{i}xx\"}} {}\n",
+            c.load(Ordering::Relaxed)
+        ));
+    }
+    out.push_str("# HELP salus_http_request_duration_seconds_sum Total time spent serving requests.\n# TYPE salus_http_request_duration_seconds_sum counter\n");
+    out.push_str(&format!(
+        "salus_http_request_duration_seconds_sum {}\n",
+        m.latency_micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    out.push_str(&format!(
+        "salus_http_request_duration_seconds_count {}\n",
+        m.count.load(Ordering::Relaxed)
+    ));
+    out.push_str(
+        "# HELP salus_resources Current resources by type.\n# TYPE salus_resources gauge\n",
+    );
+    if let Ok(counts) = state.service.store().counts().await {
+        for (t, n) in counts {
+            out.push_str(&format!("salus_resources{{type=\"{t}\"}} {n}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "# HELP salus_uptime_seconds Seconds since start.\n# TYPE salus_uptime_seconds gauge\nsalus_uptime_seconds {}\n",
+        state.started.elapsed().as_secs()
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::UnknownPath(uri.path().to_string())
+}
+
+pub async fn bundle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let fmt = response_format(&headers, &pairs(&q))?;
+    let value = read_json(&headers, body, state.config.max_body_bytes, false).await?;
+    let base = base_url(&state, &headers);
+    let out = state
+        .service
+        .process_bundle(value, prefer_return(&headers), &base)
+        .await?;
+    Ok(json_response(StatusCode::OK, &out, fmt))
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let p = pairs(&q);
+    let fmt = response_format(&headers, &p)?;
+    let base = base_url(&state, &headers);
+    let r = state.service.read(&rtype, &id).await?;
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if parse_etag(inm) == Some(r.version) {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.headers_mut()
+                .insert(header::ETAG, header_value(&etag(r.version)));
+            return Ok(resp);
+        }
+    }
+    shaped_version(&state, r, &p, fmt, &base)
+}
+
+/// Apply `_summary`/`_elements` when asked, else return the stored text as is.
+fn shaped_version(
+    _state: &AppState,
+    r: VersionRecord,
+    p: &Pairs,
+    fmt: Format,
+    base: &str,
+) -> ApiResult {
+    let summary = p
+        .iter()
+        .find(|(k, _)| k == "_summary")
+        .map(|(_, v)| v.as_str());
+    let elements: Option<Vec<String>> = p
+        .iter()
+        .find(|(k, _)| k == "_elements")
+        .map(|(_, v)| v.split(',').map(|s| s.trim().to_string()).collect());
+    if let Some(s) = summary {
+        if !matches!(s, "true" | "false" | "text" | "data") {
+            return Err(
+                FhirError::invalid("_summary must be true, false, text or data on a read").into(),
+            );
+        }
+    }
+    if summary.is_none_or(|s| s == "false") && elements.is_none() {
+        return Ok(version_response(
+            &r,
+            StatusCode::OK,
+            Return::Representation,
+            fmt,
+            base,
+            false,
+        ));
+    }
+    let mut v: Value = serde_json::from_str(r.body.as_deref().unwrap_or("{}"))
+        .map_err(|e| FhirError::Internal(e.to_string()))?;
+    shape::apply(&mut v, summary, elements.as_deref());
+    let mut resp = json_response(StatusCode::OK, &v, fmt);
+    resp.headers_mut()
+        .insert(header::ETAG, header_value(&etag(r.version)));
+    Ok(resp)
+}
+
+pub async fn vread(
+    State(state): State<AppState>,
+    Path((rtype, id, vid)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let p = pairs(&q);
+    let fmt = response_format(&headers, &p)?;
+    let base = base_url(&state, &headers);
+    let r = state.service.vread(&rtype, &id, &vid).await?;
+    shaped_version(&state, r, &p, fmt, &base)
+}
+
+pub async fn create_or_op(
+    State(state): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let p = pairs(&q);
+    let fmt = response_format(&headers, &p)?;
+    if let Some(op) = rtype.strip_prefix('$') {
+        return Err(FhirError::NotSupported(format!("system operation ${op}")).into());
+    }
+    let value = read_json(&headers, body, state.config.max_body_bytes, false).await?;
+    let base = base_url(&state, &headers);
+    let ine = headers
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim_start_matches('?').to_string());
+    let out = state.service.create(&rtype, value, ine.as_deref()).await?;
+    if out.existing {
+        return Ok(version_response(
+            &out.record,
+            StatusCode::OK,
+            prefer_return(&headers),
+            fmt,
+            &base,
+            true,
+        ));
+    }
+    Ok(write_response(out, &headers, fmt, &base))
+}
+
+pub async fn instance_op(
+    State(state): State<AppState>,
+    Path((rtype, op)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let p = pairs(&q);
+    let fmt = response_format(&headers, &p)?;
+    match op.as_str() {
+        "$validate" => {
+            let value = read_json(&headers, body, state.config.max_body_bytes, false).await?;
+            // Accept a Parameters wrapper with a `resource` parameter, or the resource itself.
+            let resource = if value.get("resourceType").and_then(Value::as_str)
+                == Some("Parameters")
+                && rtype != "Parameters"
+            {
+                value
+                    .get("parameter")
+                    .and_then(Value::as_array)
+                    .and_then(|ps| {
+                        ps.iter()
+                            .find(|p| p.get("name").and_then(Value::as_str) == Some("resource"))
+                    })
+                    .and_then(|p| p.get("resource"))
+                    .cloned()
+                    .ok_or_else(|| {
+                        FhirError::invalid("Parameters for $validate need a 'resource' parameter")
+                    })?
+            } else {
+                value
+            };
+            let issues = state.service.validate(Some(&rtype), &resource)?;
+            let status = if issues.iter().any(|i| i.is_error()) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(
+                status,
+                &salus_fhir::issue::operation_outcome(&issues),
+                fmt,
+            ))
+        }
+        _ if op.starts_with('$') => {
+            Err(FhirError::NotSupported(format!("operation {op} on {rtype}")).into())
+        }
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "POST to {rtype}/{op} is not allowed; use PUT to update a resource"
+        ))),
+    }
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let fmt = response_format(&headers, &pairs(&q))?;
+    let value = read_json(&headers, body, state.config.max_body_bytes, false).await?;
+    let base = base_url(&state, &headers);
+    let out = state
+        .service
+        .update(&rtype, &id, value, if_match(&headers)?)
+        .await?;
+    Ok(write_response(out, &headers, fmt, &base))
+}
+
+pub async fn conditional_update(
+    State(state): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let p = pairs(&q);
+    let fmt = response_format(&headers, &p)?;
+    let criteria = criteria(&q, "conditional update")?;
+    let value = read_json(&headers, body, state.config.max_body_bytes, false).await?;
+    let base = base_url(&state, &headers);
+    let out = state
+        .service
+        .conditional_update(&rtype, &criteria, value, if_match(&headers)?)
+        .await?;
+    Ok(write_response(out, &headers, fmt, &base))
+}
+
+/// The search criteria of a conditional interaction, without `_format`/`_pretty`.
+fn criteria(q: &Option<String>, what: &str) -> Result<String, ApiError> {
+    let kept: Vec<(String, String)> = pairs(q)
+        .into_iter()
+        .filter(|(k, _)| k != "_format" && k != "_pretty")
+        .collect();
+    if kept.is_empty() {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "{what} on a resource type needs search criteria in the URL"
+        )));
+    }
+    Ok(form_urlencoded_serialize(&kept))
+}
+
+fn form_urlencoded_serialize(p: &[(String, String)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in p {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let fmt = response_format(&headers, &pairs(&q))?;
+    let value = read_json(&headers, body, state.config.max_body_bytes, true).await?;
+    let base = base_url(&state, &headers);
+    let out = state
+        .service
+        .patch(&rtype, &id, value, if_match(&headers)?)
+        .await?;
+    Ok(write_response(out, &headers, fmt, &base))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let deleted = state.service.delete(&rtype, &id).await?;
+    Ok(delete_response(deleted, &headers))
+}
+
+fn delete_response(deleted: Option<VersionRecord>, headers: &HeaderMap) -> Response {
+    let fmt = Format::default();
+    match prefer_return(headers) {
+        Return::OperationOutcome => json_response(
+            StatusCode::OK,
+            &salus_fhir::issue::operation_outcome(&[salus_fhir::Issue::information(
+                match &deleted {
+                    Some(r) => format!("deleted {}/{}", r.rtype, r.id),
+                    None => "nothing to delete".to_string(),
+                },
+            )]),
+            fmt,
+        ),
+        _ => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            if let Some(r) = deleted {
+                resp.headers_mut()
+                    .insert(header::ETAG, header_value(&etag(r.version)));
+            }
+            resp
+        }
+    }
+}
+
+pub async fn conditional_delete(
+    State(state): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let criteria = criteria(&q, "conditional delete")?;
+    let deleted = state.service.conditional_delete(&rtype, &criteria).await?;
+    Ok(delete_response(deleted, &headers))
+}
+
+async fn run_search(state: &AppState, rtype: &str, p: Pairs, headers: &HeaderMap) -> ApiResult {
+    let fmt = response_format(headers, &p)?;
+    let base = base_url(state, headers);
+    let (req, page) = state.service.search(rtype, &p).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &searchset(&base, &req, &page),
+        fmt,
+    ))
+}
+
+pub async fn search_type(
+    State(state): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    run_search(&state, &rtype, pairs(&q), &headers).await
+}
+
+pub async fn search_post(
+    State(state): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::UnsupportedMediaType(ct.to_string()));
+    }
+    let bytes = read_bytes(body, state.config.max_body_bytes).await?;
+    let mut p = pairs(&q);
+    p.extend(parse_pairs(&String::from_utf8_lossy(&bytes)));
+    run_search(&state, &rtype, p, &headers).await
+}
+
+async fn history(
+    state: &AppState,
+    scope: HistoryScope,
+    self_path: String,
+    headers: &HeaderMap,
+    q: &Option<String>,
+) -> ApiResult {
+    let p = pairs(q);
+    let fmt = response_format(headers, &p)?;
+    let base = base_url(state, headers);
+    let page = state.service.history(scope, &p).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &history_bundle(&base, &self_path, &p, &page),
+        fmt,
+    ))
+}
+
+pub async fn history_system(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    history(
+        &state,
+        HistoryScope::System,
+        "_history".into(),
+        &headers,
+        &q,
+    )
+    .await
+}
+
+pub async fn history_type(
+    State(state): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let path = format!("{rtype}/_history");
+    history(&state, HistoryScope::Type(rtype), path, &headers, &q).await
+}
+
+pub async fn history_instance(
+    State(state): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let path = format!("{rtype}/{id}/_history");
+    history(
+        &state,
+        HistoryScope::Instance(rtype, id),
+        path,
+        &headers,
+        &q,
+    )
+    .await
+}

@@ -1,0 +1,7 @@
+//! The `salus` binary's library: configuration, wiring, server start-up and shutdown,
+//! the import tool and demo data. `main.rs` only parses the command line.
+
+pub mod config;
+pub mod demo;
+pub mod import;
+pub mod serve;

@@ -1,0 +1,128 @@
+//! Wiring and running the server: open storage, build the service and router, load
+//! demo data, listen, and shut down gracefully on SIGINT/SIGTERM.
+
+use crate::config::{Config, Durability, LogFormat};
+use anyhow::{Context, Result};
+use salus_api::{router, ApiConfig, AppState};
+use salus_service::{FhirService, Limits};
+use salus_store::sqlite::{self, SqliteOptions, SqliteStore};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Set up structured logging (`RUST_LOG` filters; default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Open the embedded store for a configuration.
+pub fn open_store(config: &Config) -> Result<SqliteStore> {
+    let options = SqliteOptions {
+        durability: match config.storage.durability {
+            Durability::Normal => sqlite::Durability::Normal,
+            Durability::Full => sqlite::Durability::Full,
+        },
+        readers: config.storage.readers,
+        busy_timeout_ms: config.storage.busy_timeout_ms,
+    };
+    SqliteStore::open_dir(&config.data_dir, options)
+        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))
+}
+
+/// The service over a store, with the configured limits.
+pub fn service(config: &Config, store: SqliteStore) -> FhirService {
+    FhirService::new(
+        Arc::new(store),
+        Limits {
+            default_count: config.limits.default_count,
+            max_count: config.limits.max_count,
+            max_bundle_entries: config.limits.max_bundle_entries,
+        },
+    )
+}
+
+/// The application state for a configuration.
+pub fn app_state(config: &Config, service: FhirService) -> AppState {
+    AppState::new(
+        service,
+        ApiConfig {
+            base_url: config.base_url.clone(),
+            max_body_bytes: config.limits.max_body_bytes,
+        },
+    )
+}
+
+/// Serve on `listener` until `shutdown` completes; in-flight requests finish first.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// `salus serve`.
+pub async fn serve(config: Config) -> Result<()> {
+    let store = open_store(&config)?;
+    let svc = service(&config, store.clone());
+    if config.demo {
+        let loaded = crate::demo::load_if_empty(&svc).await?;
+        if loaded > 0 {
+            tracing::info!(resources = loaded, "loaded demo data");
+        }
+    }
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "listening on a non-loopback address WITHOUT authentication: anyone who can reach \
+             this port can read and change every record"
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        "Salus FHIR server ready at http://{}/",
+        config.listen
+    );
+    run(app_state(&config, svc), listener, shutdown_signal()).await?;
+    store.checkpoint().await.context("final checkpoint")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Loading many resources at once (the `salus import` and `$import` path): every
+//! resource is validated, then all are written in one store transaction, so a bad
+//! input leaves nothing behind.
+
+use crate::service::{check_body, new_id, tx_write, valid_id};
+use crate::{FhirError, FhirService};
+use salus_fhir::{Issue, IssueCode};
+use salus_store::Method;
+use serde_json::Value;
+
+/// Why an import unit was rejected.
+#[derive(Debug)]
+pub enum ImportFailure {
+    /// Problems by the index of the offending item.
+    Invalid(Vec<(usize, Vec<Issue>)>),
+    /// The write itself failed.
+    Failed(FhirError),
+}
+
+impl FhirService {
+    /// Store resources (keeping their ids; assigning one when absent) in one
+    /// transaction. Existing resources get a new version.
+    pub async fn import_resources(&self, items: Vec<Value>) -> Result<usize, ImportFailure> {
+        let mut problems = vec![];
+        for (i, item) in items.iter().enumerate() {
+            let mut issues = match check_body(item, None) {
+                Ok(()) => vec![],
+                Err(e) => e.issues(),
+            };
+            if let Some(id) = item.get("id").and_then(Value::as_str) {
+                if !valid_id(id) {
+                    issues.push(
+                        Issue::error(IssueCode::Value, format!("'{id}' is not a valid FHIR id"))
+                            .at("id"),
+                    );
+                }
+            }
+            if !issues.is_empty() {
+                problems.push((i, issues));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ImportFailure::Invalid(problems));
+        }
+        let n = items.len();
+        let write = async {
+            let mut tx = self.store().begin().await?;
+            for item in items {
+                let rtype = item
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(new_id);
+                tx_write(tx.as_mut(), &rtype, &id, item, None, Method::Put).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, FhirError>(())
+        };
+        write.await.map_err(ImportFailure::Failed)?;
+        Ok(n)
+    }
+}

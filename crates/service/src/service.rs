@@ -1,0 +1,616 @@
+//! The FHIR service: single-resource interactions and history.
+
+use crate::query::{parse_pairs, parse_search, SearchRequest};
+use crate::{index, time, FhirError, Result};
+use salus_fhir::{defs, validate::validate_resource, Issue, IssueCode};
+use salus_store::{
+    HistoryPage, HistoryQuery, HistoryScope, Method, NewVersion, SearchPage, Store, StoreTx,
+    VersionRecord,
+};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Paging and size limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `_count` when the client gives none.
+    pub default_count: usize,
+    /// Largest `_count` honoured.
+    pub max_count: usize,
+    /// Largest number of entries accepted in a batch or transaction Bundle.
+    pub max_bundle_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            default_count: 20,
+            max_count: 1000,
+            max_bundle_entries: 10_000,
+        }
+    }
+}
+
+/// The `Prefer: return=` choice (FHIR R4 http.html#ops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Return {
+    Minimal,
+    #[default]
+    Representation,
+    OperationOutcome,
+}
+
+/// Result of a create/update/patch.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub record: VersionRecord,
+    /// A new resource was created (201) rather than an existing one updated (200).
+    pub created: bool,
+    /// Conditional create matched an existing resource; nothing was written.
+    pub existing: bool,
+}
+
+/// How many attempts a write without `If-Match` makes when it races another writer.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// Run `$body` (an expression that may `.await`, evaluating to `Result<T>`) inside a
+/// store transaction bound to `$tx`, committing on success. When `$retry` is set, a
+/// conflict with a concurrent writer is retried on a fresh transaction.
+macro_rules! in_tx {
+    ($svc:expr, $retry:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt = 0usize;
+        loop {
+            attempt += 1;
+            let mut guard = $svc.store.begin().await?;
+            let result = {
+                let $tx: &mut dyn StoreTx = guard.as_mut();
+                $body
+            };
+            match result {
+                Ok(v) => {
+                    guard.commit().await?;
+                    break Ok(v);
+                }
+                Err(FhirError::Conflict(_)) if $retry && attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+#[derive(Clone)]
+pub struct FhirService {
+    store: Arc<dyn Store>,
+    limits: Limits,
+}
+
+/// Check a resource type named in a URL.
+pub(crate) fn ensure_type(rtype: &str) -> Result<()> {
+    if defs::is_resource_type(rtype) {
+        Ok(())
+    } else {
+        Err(FhirError::UnknownType(rtype.to_string()))
+    }
+}
+
+/// A FHIR id: 1–64 of `[A-Za-z0-9\-\.]`.
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Validate a resource body for `rtype` (when given). Returns the errors as `Invalid`.
+pub(crate) fn check_body(body: &Value, rtype: Option<&str>) -> Result<()> {
+    let Some(obj) = body.as_object() else {
+        return Err(FhirError::invalid_at(
+            IssueCode::Structure,
+            "Resource",
+            "the body must be a JSON object holding a FHIR resource",
+        ));
+    };
+    let actual = obj.get("resourceType").and_then(Value::as_str);
+    if let (Some(expected), Some(actual)) = (rtype, actual) {
+        if expected != actual {
+            return Err(FhirError::invalid_at(
+                IssueCode::Invalid,
+                "resourceType",
+                format!("resourceType '{actual}' does not match the URL's type '{expected}'"),
+            ));
+        }
+    }
+    let issues: Vec<Issue> = validate_resource(body)
+        .into_iter()
+        .filter(Issue::is_error)
+        .collect();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(FhirError::Invalid(issues))
+    }
+}
+
+/// Set `id` and `meta.versionId`/`meta.lastUpdated`, order `resourceType, id, meta`
+/// first, and serialise.
+pub(crate) fn finalize(body: Value, id: &str, version: u64, last_updated: i64) -> String {
+    let Value::Object(mut obj) = body else {
+        unreachable!("checked by check_body")
+    };
+    let mut out = Map::with_capacity(obj.len() + 2);
+    if let Some(rt) = obj.shift_remove("resourceType") {
+        out.insert("resourceType".into(), rt);
+    }
+    obj.shift_remove("id");
+    out.insert("id".into(), Value::String(id.to_string()));
+    let mut meta = match obj.shift_remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    meta.shift_remove("versionId");
+    meta.shift_remove("lastUpdated");
+    let mut new_meta = Map::with_capacity(meta.len() + 2);
+    new_meta.insert("versionId".into(), Value::String(version.to_string()));
+    new_meta.insert(
+        "lastUpdated".into(),
+        Value::String(time::format_instant(last_updated)),
+    );
+    new_meta.extend(meta);
+    out.insert("meta".into(), Value::Object(new_meta));
+    out.extend(obj);
+    serde_json::to_string(&Value::Object(out)).expect("JSON values serialise")
+}
+
+/// `lastUpdated` for a new version: now, but never before the previous version.
+fn next_timestamp(now: i64, prev: Option<&VersionRecord>) -> i64 {
+    match prev {
+        Some(p) if p.last_updated >= now => p.last_updated + 1_000,
+        _ => now,
+    }
+}
+
+/// Store a (validated) resource as the next version of `rtype/id` inside `tx`.
+pub(crate) async fn tx_write(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    id: &str,
+    body: Value,
+    if_match: Option<u64>,
+    method: Method,
+) -> Result<WriteOutcome> {
+    let current = tx.read(rtype, id).await?;
+    if let Some(expected) = if_match {
+        match &current {
+            Some(c) if !c.is_deleted() && c.version == expected => {}
+            Some(c) if !c.is_deleted() => return Err(FhirError::PreconditionFailed(format!(
+                "If-Match version {expected} does not match the current version {} of {rtype}/{id}",
+                c.version
+            ))),
+            _ => {
+                return Err(FhirError::PreconditionFailed(format!(
+                    "If-Match given but {rtype}/{id} does not exist"
+                )))
+            }
+        }
+    }
+    let version = current.as_ref().map_or(1, |c| c.version + 1);
+    let last_updated = next_timestamp(time::now_micros(), current.as_ref());
+    let index = index::extract(&body);
+    let text = finalize(body, id, version, last_updated);
+    let created = current.as_ref().is_none_or(|c| c.is_deleted());
+    let method = if created && method == Method::Put && current.is_none() {
+        Method::Put
+    } else {
+        method
+    };
+    tx.put(NewVersion {
+        rtype: rtype.to_string(),
+        id: id.to_string(),
+        version,
+        expected_version: current.as_ref().map(|c| c.version),
+        last_updated,
+        method,
+        body: Some(text.clone()),
+        index,
+    })
+    .await?;
+    Ok(WriteOutcome {
+        record: VersionRecord {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+            version,
+            last_updated,
+            method,
+            body: Some(text),
+            seq: 0,
+        },
+        created,
+        existing: false,
+    })
+}
+
+/// Delete `rtype/id` inside `tx`; `None` when there was nothing to delete.
+pub(crate) async fn tx_delete(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    id: &str,
+) -> Result<Option<VersionRecord>> {
+    let Some(current) = tx.read(rtype, id).await? else {
+        return Ok(None);
+    };
+    if current.is_deleted() {
+        return Ok(None);
+    }
+    let version = current.version + 1;
+    let last_updated = next_timestamp(time::now_micros(), Some(&current));
+    tx.put(NewVersion {
+        rtype: rtype.to_string(),
+        id: id.to_string(),
+        version,
+        expected_version: Some(current.version),
+        last_updated,
+        method: Method::Delete,
+        body: None,
+        index: vec![],
+    })
+    .await?;
+    Ok(Some(VersionRecord {
+        rtype: rtype.to_string(),
+        id: id.to_string(),
+        version,
+        last_updated,
+        method: Method::Delete,
+        body: None,
+        seq: 0,
+    }))
+}
+
+/// Resources matching a conditional-operation query (`identifier=…&_id=…`), at most 2.
+pub(crate) async fn tx_match(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    query: &str,
+    limits: &Limits,
+) -> Result<Vec<VersionRecord>> {
+    let pairs = parse_pairs(query);
+    if pairs.is_empty() {
+        return Err(FhirError::invalid(format!(
+            "conditional operation on {rtype} needs search criteria"
+        )));
+    }
+    let mut req = parse_search(rtype, &pairs, limits.default_count, limits.max_count)?;
+    req.query.count = 2;
+    req.query.offset = 0;
+    Ok(tx.search(&req.query).await?.entries)
+}
+
+/// Apply a JSON Patch (RFC 6902) document to a resource.
+pub(crate) fn apply_patch(rtype: &str, id: &str, current: &str, patch: &Value) -> Result<Value> {
+    let mut doc: Value = serde_json::from_str(current)
+        .map_err(|e| FhirError::Internal(format!("stored resource is not JSON: {e}")))?;
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
+        FhirError::invalid_at(
+            IssueCode::Structure,
+            "Patch",
+            format!("not a JSON Patch document: {e}"),
+        )
+    })?;
+    json_patch::patch(&mut doc, &ops).map_err(|e| {
+        FhirError::invalid_at(
+            IssueCode::Processing,
+            "Patch",
+            format!("JSON Patch failed: {e}"),
+        )
+    })?;
+    if doc.get("resourceType").and_then(Value::as_str) != Some(rtype)
+        || doc.get("id").and_then(Value::as_str) != Some(id)
+    {
+        return Err(FhirError::invalid_at(
+            IssueCode::Invalid,
+            "Patch",
+            "a patch must not change resourceType or id",
+        ));
+    }
+    Ok(doc)
+}
+
+impl FhirService {
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+        FhirService { store, limits }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// `GET [type]/[id]`.
+    pub async fn read(&self, rtype: &str, id: &str) -> Result<VersionRecord> {
+        ensure_type(rtype)?;
+        match self.store.read(rtype, id).await? {
+            Some(r) if r.is_deleted() => Err(FhirError::Gone(format!("{rtype}/{id}"))),
+            Some(r) => Ok(r),
+            None => Err(FhirError::NotFound(format!("{rtype}/{id}"))),
+        }
+    }
+
+    /// `GET [type]/[id]/_history/[vid]`.
+    pub async fn vread(&self, rtype: &str, id: &str, version: &str) -> Result<VersionRecord> {
+        ensure_type(rtype)?;
+        let v: u64 = version
+            .parse()
+            .map_err(|_| FhirError::NotFound(format!("{rtype}/{id}/_history/{version}")))?;
+        match self.store.vread(rtype, id, v).await? {
+            Some(r) if r.is_deleted() => {
+                Err(FhirError::Gone(format!("{rtype}/{id}/_history/{version}")))
+            }
+            Some(r) => Ok(r),
+            None => Err(FhirError::NotFound(format!(
+                "{rtype}/{id}/_history/{version}"
+            ))),
+        }
+    }
+
+    /// `POST [type]/$validate`: every problem, nothing stored.
+    pub fn validate(&self, rtype: Option<&str>, body: &Value) -> Result<Vec<Issue>> {
+        if let Some(t) = rtype {
+            ensure_type(t)?;
+        }
+        if let Some(t) = rtype {
+            if let Some(actual) = body.get("resourceType").and_then(Value::as_str) {
+                if actual != t {
+                    return Ok(vec![Issue::error(
+                        IssueCode::Invalid,
+                        format!("resourceType '{actual}' does not match the URL's type '{t}'"),
+                    )
+                    .at("resourceType")]);
+                }
+            }
+        }
+        Ok(validate_resource(body))
+    }
+
+    /// `POST [type]` (with optional `If-None-Exist`).
+    pub async fn create(
+        &self,
+        rtype: &str,
+        body: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<WriteOutcome> {
+        ensure_type(rtype)?;
+        check_body(&body, Some(rtype))?;
+        in_tx!(self, true, |tx| async {
+            if let Some(q) = if_none_exist {
+                let found = tx_match(tx, rtype, q, &self.limits).await?;
+                match found.len() {
+                    0 => {}
+                    1 => {
+                        return Ok(WriteOutcome {
+                            record: found.into_iter().next().expect("one"),
+                            created: false,
+                            existing: true,
+                        })
+                    }
+                    _ => {
+                        return Err(FhirError::PreconditionFailed(format!(
+                            "If-None-Exist '{q}' matches more than one {rtype}"
+                        )))
+                    }
+                }
+            }
+            tx_write(tx, rtype, &new_id(), body.clone(), None, Method::Post).await
+        }
+        .await)
+    }
+
+    /// `PUT [type]/[id]` (update, or create with a client-chosen id).
+    pub async fn update(
+        &self,
+        rtype: &str,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        ensure_type(rtype)?;
+        if !valid_id(id) {
+            return Err(FhirError::invalid(format!("'{id}' is not a valid FHIR id")));
+        }
+        match body.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(body_id) => {
+                return Err(FhirError::invalid_at(
+                    IssueCode::Invalid,
+                    format!("{rtype}.id"),
+                    format!("resource id '{body_id}' does not match the URL id '{id}'"),
+                ))
+            }
+            None => {
+                return Err(FhirError::invalid_at(
+                    IssueCode::Required,
+                    format!("{rtype}.id"),
+                    "an update must carry the resource id in the body",
+                ))
+            }
+        }
+        check_body(&body, Some(rtype))?;
+        in_tx!(self, if_match.is_none(), |tx| async {
+            tx_write(tx, rtype, id, body.clone(), if_match, Method::Put).await
+        }
+        .await)
+    }
+
+    /// `PUT [type]?criteria`.
+    pub async fn conditional_update(
+        &self,
+        rtype: &str,
+        criteria: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        ensure_type(rtype)?;
+        check_body(&body, Some(rtype))?;
+        in_tx!(self, if_match.is_none(), |tx| async {
+            let found = tx_match(tx, rtype, criteria, &self.limits).await?;
+            let body_id = body.get("id").and_then(Value::as_str).map(str::to_owned);
+            let id = match found.as_slice() {
+                [] => body_id.unwrap_or_else(new_id),
+                [one] => {
+                    if let Some(b) = &body_id {
+                        if b != &one.id {
+                            return Err(FhirError::invalid(format!(
+                                "resource id '{b}' does not match the matched resource {rtype}/{}",
+                                one.id
+                            )));
+                        }
+                    }
+                    one.id.clone()
+                }
+                _ => {
+                    return Err(FhirError::PreconditionFailed(format!(
+                        "conditional update criteria '{criteria}' match more than one {rtype}"
+                    )))
+                }
+            };
+            if !valid_id(&id) {
+                return Err(FhirError::invalid(format!("'{id}' is not a valid FHIR id")));
+            }
+            tx_write(tx, rtype, &id, body.clone(), if_match, Method::Put).await
+        }
+        .await)
+    }
+
+    /// `PATCH [type]/[id]` with a JSON Patch document.
+    pub async fn patch(
+        &self,
+        rtype: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        ensure_type(rtype)?;
+        in_tx!(self, if_match.is_none(), |tx| async {
+            let current = match tx.read(rtype, id).await? {
+                Some(c) if c.is_deleted() => return Err(FhirError::Gone(format!("{rtype}/{id}"))),
+                Some(c) => c,
+                None => return Err(FhirError::NotFound(format!("{rtype}/{id}"))),
+            };
+            let doc = apply_patch(rtype, id, current.body.as_deref().unwrap_or("{}"), &patch)?;
+            check_body(&doc, Some(rtype))?;
+            tx_write(tx, rtype, id, doc, if_match, Method::Patch).await
+        }
+        .await)
+    }
+
+    /// `DELETE [type]/[id]`; `None` when there was nothing to delete.
+    pub async fn delete(&self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+        ensure_type(rtype)?;
+        in_tx!(self, true, |tx| async { tx_delete(tx, rtype, id).await }
+            .await)
+    }
+
+    /// `DELETE [type]?criteria` (single match; several → 412).
+    pub async fn conditional_delete(
+        &self,
+        rtype: &str,
+        criteria: &str,
+    ) -> Result<Option<VersionRecord>> {
+        ensure_type(rtype)?;
+        in_tx!(self, true, |tx| async {
+            let found = tx_match(tx, rtype, criteria, &self.limits).await?;
+            match found.as_slice() {
+                [] => Ok(None),
+                [one] => tx_delete(tx, rtype, &one.id).await,
+                _ => Err(FhirError::PreconditionFailed(format!(
+                    "conditional delete criteria '{criteria}' match more than one {rtype}"
+                ))),
+            }
+        }
+        .await)
+    }
+
+    /// `GET [type]?params` (the subset [`parse_search`] supports).
+    pub async fn search(
+        &self,
+        rtype: &str,
+        pairs: &[(String, String)],
+    ) -> Result<(SearchRequest, SearchPage)> {
+        ensure_type(rtype)?;
+        let req = parse_search(
+            rtype,
+            pairs,
+            self.limits.default_count,
+            self.limits.max_count,
+        )?;
+        let page = self.store.search(&req.query).await?;
+        Ok((req, page))
+    }
+
+    /// History at system, type or instance level with `_since`, `_at`, `_count`
+    /// and the paging cursor `_cursor`.
+    pub async fn history(
+        &self,
+        scope: HistoryScope,
+        pairs: &[(String, String)],
+    ) -> Result<HistoryPage> {
+        match &scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(t) | HistoryScope::Instance(t, _) => ensure_type(t)?,
+        }
+        let mut q = HistoryQuery {
+            scope: scope.clone(),
+            since: None,
+            before: None,
+            cursor: None,
+            count: self.limits.default_count,
+        };
+        for (k, v) in pairs {
+            let bad = |m: String| FhirError::invalid_at(IssueCode::Invalid, k.clone(), m);
+            match k.as_str() {
+                "_since" => {
+                    q.since = Some(
+                        time::parse_range(v)
+                            .ok_or_else(|| bad(format!("'{v}' is not a valid instant")))?
+                            .0,
+                    )
+                }
+                "_at" => {
+                    q.before = Some(
+                        time::parse_range(v)
+                            .ok_or_else(|| bad(format!("'{v}' is not a valid date/dateTime")))?
+                            .1,
+                    )
+                }
+                "_count" => {
+                    q.count = v
+                        .parse::<usize>()
+                        .map_err(|_| bad(format!("'{v}' is not a non-negative integer")))?
+                        .min(self.limits.max_count)
+                }
+                "_cursor" => {
+                    q.cursor = Some(
+                        v.parse()
+                            .map_err(|_| bad(format!("'{v}' is not a valid paging cursor")))?,
+                    )
+                }
+                "_format" | "_pretty" => {}
+                other => return Err(FhirError::NotSupported(format!(
+                    "history parameter '{other}' is not supported (supported: _since, _at, _count)"
+                ))),
+            }
+        }
+        if let HistoryScope::Instance(t, id) = &scope {
+            if self.store.read(t, id).await?.is_none() {
+                return Err(FhirError::NotFound(format!("{t}/{id}")));
+            }
+        }
+        Ok(self.store.history(&q).await?)
+    }
+}
