@@ -41,11 +41,7 @@ pub fn response_format(
     let mut fmt = Format::default();
     for (k, v) in pairs {
         match k.as_str() {
-            "_format" => {
-                if !is_json_mime(v) {
-                    return Err(ApiError::NotAcceptable(v.clone()));
-                }
-            }
+            "_format" if !is_json_mime(v) => return Err(ApiError::NotAcceptable(v.clone())),
             "_pretty" => fmt.pretty = v == "true",
             _ => {}
         }

@@ -101,6 +101,15 @@ impl Issue {
         }
     }
 
+    pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Issue {
+            severity: Severity::Warning,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
+    }
+
     pub fn at(mut self, expression: impl Into<String>) -> Self {
         self.expression = Some(expression.into());
         self

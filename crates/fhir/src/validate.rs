@@ -36,7 +36,7 @@
 use crate::defs::{self, TypeKind, ValueSetDef};
 use crate::hash::FastMap;
 use crate::primitive::{has_discouraged_controls, JsonKind, PrimitiveError, PrimitiveType};
-use crate::{Issue, IssueCode, Severity};
+use crate::{Issue, IssueCode};
 use serde_json::{Map, Value};
 use std::sync::LazyLock;
 
@@ -367,12 +367,7 @@ impl Walker {
     }
 
     fn warn(&mut self, code: IssueCode, loc: &Loc, msg: String) {
-        self.issues.push(Issue {
-            severity: Severity::Warning,
-            code,
-            diagnostics: msg,
-            expression: Some(loc.render()),
-        });
+        self.issues.push(Issue::warning(code, msg).at(loc.render()));
     }
 
     /// A resource at the top level (`at` = None) or inside an element of type `Resource`.
@@ -556,7 +551,13 @@ impl Walker {
                     );
                 }
             }
-        } else if node.kind == NodeKind::Other && obj.len() == 1 && obj.contains_key("id") {
+        } else if node.kind == NodeKind::Other
+            // A primitive's `_name` object is judged by `extension_object` instead: an id
+            // alone is fine there when the primitive has a value.
+            && nid != schema.element
+            && obj.len() == 1
+            && obj.contains_key("id")
+        {
             self.report(
                 IssueCode::Invariant,
                 Some(loc),
@@ -863,6 +864,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Severity;
     use serde_json::json;
 
     /// (code, location) of every issue.
@@ -1094,6 +1096,10 @@ mod tests {
         assert_valid(p.clone());
         p["_birthDate"] = json!({"id": "x"});
         assert_issue(p, IssueCode::Invariant, "Patient.birthDate");
+        // An id alone is fine next to a value.
+        let mut p = patient();
+        p["_birthDate"] = json!({"id": "bd"});
+        assert_valid(p);
         // Not for xml attributes.
         let mut p = patient();
         p["name"][0]["_id"] = json!({"id": "x"});

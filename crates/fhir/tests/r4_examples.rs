@@ -351,13 +351,15 @@ fn official_r4_examples_validate() {
     };
     let mut valid = 0;
     let mut rejected: Vec<(String, Rejection)> = Vec::new();
-    let start = std::time::Instant::now();
+    let mut validating = std::time::Duration::ZERO;
     for path in &files {
         let text = std::fs::read_to_string(path).expect("read example");
         let rejection = match serde_json::from_str::<Value>(&text) {
             Err(e) => Some(Rejection::Parse(e.to_string())),
             Ok(v) => {
+                let start = std::time::Instant::now();
                 let errs = errors(&v);
+                validating += start.elapsed();
                 (!errs.is_empty()).then_some(Rejection::Invalid(errs))
             }
         };
@@ -367,11 +369,13 @@ fn official_r4_examples_validate() {
         }
     }
     println!(
-        "R4 examples: {} files, {valid} valid, {} rejected ({} allow-listed as defective) in {:?}",
+        "R4 examples: {} files, {valid} valid, {} rejected ({} allow-listed as defective); \
+         validation took {:?} ({:?} per file)",
         files.len(),
         rejected.len(),
         KNOWN_DEFECTIVE.len(),
-        start.elapsed()
+        validating,
+        validating / files.len().max(1) as u32
     );
     let mut failures = Vec::new();
     for (name, rejection) in &rejected {
@@ -509,6 +513,7 @@ fn bulk_ndjson_sample_validates() {
         .collect();
     files.sort();
     let (mut lines, mut valid) = (0, 0);
+    let mut validating = std::time::Duration::ZERO;
     let mut rejected = Vec::new();
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -522,7 +527,9 @@ fn bulk_ndjson_sample_validates() {
             let reason = match serde_json::from_str::<Value>(line) {
                 Err(e) => Some(format!("JSON parse error: {e}")),
                 Ok(v) => {
+                    let start = std::time::Instant::now();
                     let errs = errors(&v);
+                    validating += start.elapsed();
                     (!errs.is_empty()).then(|| describe(&errs))
                 }
             };
@@ -533,9 +540,11 @@ fn bulk_ndjson_sample_validates() {
         }
     }
     println!(
-        "bulk NDJSON: {} files, {lines} resources, {valid} valid, {} rejected",
+        "bulk NDJSON: {} files, {lines} resources, {valid} valid, {} rejected; \
+         validation took {validating:?} ({:?} per resource)",
         files.len(),
-        rejected.len()
+        rejected.len(),
+        validating / lines.max(1)
     );
     for r in &rejected {
         println!("REJECTED: {r}");

@@ -74,7 +74,7 @@ pub fn bundle(patients: usize, seed: u64) -> Value {
         entries.push(json!({"fullUrl": full_url, "resource": resource, "request": request}));
     };
     for i in 0..patients {
-        let female = rng.next() % 2 == 0;
+        let female = rng.next() & 1 == 0;
         let given = if female { GIVEN_F } else { GIVEN_M }[rng.range(0, 9) as usize];
         let family = FAMILY[rng.range(0, 9) as usize];
         let birth = format!(

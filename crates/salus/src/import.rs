@@ -94,15 +94,20 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Whether a file inside a folder is plainly not FHIR data (e.g. a Bulk Data export
-/// `log.ndjson`): its first line has no `resourceType`.
+/// `log.ndjson`, a package manifest): an NDJSON file whose first line, or a JSON file
+/// whose first 64 KiB, has no `resourceType`.
 fn looks_like_fhir(path: &Path) -> bool {
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
     let Ok(f) = std::fs::File::open(path) else {
         return true;
     };
-    let mut first = String::new();
-    let _ = std::io::BufReader::new(f).read_line(&mut first);
-    first.trim().is_empty() || first.contains("\"resourceType\"")
+    let mut head = String::new();
+    if is_ndjson(path) {
+        let _ = std::io::BufReader::new(f).read_line(&mut head);
+    } else {
+        let _ = f.take(64 * 1024).read_to_string(&mut head);
+    }
+    head.trim().is_empty() || head.contains("\"resourceType\"")
 }
 
 /// Parse a file into a [`Unit`]; JSON syntax problems are reported per line.
@@ -393,10 +398,9 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
     for f in &files {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         if !explicit.contains(&f) && !looks_like_fhir(f) {
-            report.skipped.push((
-                f.clone(),
-                "not FHIR data (no resourceType on its first line)".into(),
-            ));
+            report
+                .skipped
+                .push((f.clone(), "not FHIR data (no resourceType found)".into()));
             bar.inc(size);
             continue;
         }

@@ -64,12 +64,12 @@ fn entry_err(index: usize, msg: impl Into<String>) -> FhirError {
     ])
 }
 
+/// `(type, id, version, query)` of an entry's request URL.
+type ParsedUrl = (String, Option<String>, Option<String>, Option<String>);
+
 /// Split a request URL (relative, or absolute against any base) into type, id,
 /// version and query.
-fn parse_url(
-    index: usize,
-    url: &str,
-) -> Result<(String, Option<String>, Option<String>, Option<String>)> {
+fn parse_url(index: usize, url: &str) -> Result<ParsedUrl> {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q.to_string())),
         None => (url, None),
@@ -449,10 +449,12 @@ impl FhirService {
                     e.id = Some(match found.as_slice() {
                         [] => body_id.unwrap_or_else(new_id),
                         [one] => one.id.clone(),
-                        _ => return Err(FhirError::PreconditionFailed(format!(
+                        _ => {
+                            return Err(FhirError::PreconditionFailed(format!(
                             "Bundle.entry[{i}]: conditional update '{q}' matches more than one {}",
                             e.rtype
-                        ))),
+                        )))
+                        }
                     });
                 }
                 Verb::Delete if e.id.is_none() => {
@@ -463,10 +465,12 @@ impl FhirService {
                     match found.as_slice() {
                         [] => {}
                         [one] => e.id = Some(one.id.clone()),
-                        _ => return Err(FhirError::PreconditionFailed(format!(
+                        _ => {
+                            return Err(FhirError::PreconditionFailed(format!(
                             "Bundle.entry[{i}]: conditional delete '{q}' matches more than one {}",
                             e.rtype
-                        ))),
+                        )))
+                        }
                     }
                 }
                 _ => {}

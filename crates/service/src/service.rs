@@ -187,10 +187,12 @@ pub(crate) async fn tx_write(
     if let Some(expected) = if_match {
         match &current {
             Some(c) if !c.is_deleted() && c.version == expected => {}
-            Some(c) if !c.is_deleted() => return Err(FhirError::PreconditionFailed(format!(
+            Some(c) if !c.is_deleted() => {
+                return Err(FhirError::PreconditionFailed(format!(
                 "If-Match version {expected} does not match the current version {} of {rtype}/{id}",
                 c.version
-            ))),
+            )))
+            }
             _ => {
                 return Err(FhirError::PreconditionFailed(format!(
                     "If-Match given but {rtype}/{id} does not exist"
@@ -601,9 +603,11 @@ impl FhirService {
                     )
                 }
                 "_format" | "_pretty" => {}
-                other => return Err(FhirError::NotSupported(format!(
+                other => {
+                    return Err(FhirError::NotSupported(format!(
                     "history parameter '{other}' is not supported (supported: _since, _at, _count)"
-                ))),
+                )))
+                }
             }
         }
         if let HistoryScope::Instance(t, id) = &scope {
