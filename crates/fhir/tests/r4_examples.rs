@@ -271,6 +271,18 @@ fn shared_dir() -> PathBuf {
     }
 }
 
+/// A missing shared folder skips the test loudly — unless `SALUS_REQUIRE_SHARED` is set
+/// (CI), where it fails.
+fn skip(what: &str, dir: &std::path::Path) {
+    if std::env::var_os("SALUS_REQUIRE_SHARED").is_some() {
+        panic!(
+            "{what} {} is required (SALUS_REQUIRE_SHARED) but missing",
+            dir.display()
+        );
+    }
+    println!("SKIPPED: {what} {} not found", dir.display());
+}
+
 fn errors(resource: &Value) -> Vec<Issue> {
     validate_resource(resource)
         .into_iter()
@@ -328,7 +340,7 @@ impl Rejection {
 fn example_files() -> Option<Vec<PathBuf>> {
     let dir = shared_dir().join("conformance/r4-examples/json");
     if !dir.is_dir() {
-        println!("SKIPPED: R4 examples folder {} not found", dir.display());
+        skip("R4 examples folder", &dir);
         return None;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -500,7 +512,7 @@ fn renamed_deepest_property_is_rejected_in_every_example() {
 fn bulk_ndjson_sample_validates() {
     let dir = shared_dir().join("data/bulk-10-patients");
     if !dir.is_dir() {
-        println!("SKIPPED: bulk NDJSON folder {} not found", dir.display());
+        skip("bulk NDJSON folder", &dir);
         return;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 use salus::config::{Config, Overrides};
 use std::path::PathBuf;
 
+// FHIR JSON is allocation-heavy (every number keeps its text, every object its order);
+// mimalloc measured markedly faster than the system allocator on import.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "salus",

@@ -97,6 +97,8 @@ pub async fn shutdown_signal() {
 
 /// `salus serve`.
 pub async fn serve(config: Config) -> Result<()> {
+    // Build the definition tables now rather than on the first request.
+    salus_fhir::preload();
     let store = open_store(&config)?;
     let svc = service(&config, store.clone());
     if config.demo {

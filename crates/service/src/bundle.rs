@@ -97,7 +97,8 @@ fn parse_url(index: usize, url: &str) -> Result<ParsedUrl> {
     }
 }
 
-fn parse_entry(index: usize, raw: &Value) -> Result<Entry> {
+fn parse_entry(index: usize, raw: &mut Value) -> Result<Entry> {
+    let resource = raw.get_mut("resource").map(Value::take);
     let request = raw
         .get("request")
         .ok_or_else(|| entry_err(index, "entry.request is required in a batch or transaction"))?;
@@ -124,7 +125,6 @@ fn parse_entry(index: usize, raw: &Value) -> Result<Entry> {
         }
     };
     let (rtype, id, version, query) = parse_url(index, url)?;
-    let resource = raw.get("resource").cloned();
     match verb {
         Verb::Post | Verb::Put | Verb::Patch if resource.is_none() => {
             return Err(entry_err(
@@ -213,7 +213,12 @@ fn rewrite_refs<'a>(
 impl FhirService {
     /// Process a `batch` or `transaction` Bundle posted to the base URL; returns the
     /// response Bundle. `base` is the server's base URL for `fullUrl`s.
-    pub async fn process_bundle(&self, bundle: Value, ret: Return, base: &str) -> Result<Value> {
+    pub async fn process_bundle(
+        &self,
+        mut bundle: Value,
+        ret: Return,
+        base: &str,
+    ) -> Result<Value> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(FhirError::invalid_at(
                 IssueCode::Invalid,
@@ -235,9 +240,9 @@ impl FhirService {
                 ))
             }
         };
-        let raw_entries = match bundle.get("entry") {
+        let raw_entries = match bundle.get_mut("entry").map(Value::take) {
             None => vec![],
-            Some(Value::Array(a)) => a.clone(),
+            Some(Value::Array(a)) => a,
             Some(_) => {
                 return Err(FhirError::invalid_at(
                     IssueCode::Structure,
@@ -261,8 +266,8 @@ impl FhirService {
 
     async fn batch(&self, raw: Vec<Value>, ret: Return, base: &str) -> Value {
         let mut out = Vec::with_capacity(raw.len());
-        for (i, r) in raw.iter().enumerate() {
-            let result = match parse_entry(i, r) {
+        for (i, mut r) in raw.into_iter().enumerate() {
+            let result = match parse_entry(i, &mut r) {
                 Ok(e) => self.batch_entry(e, ret, base).await,
                 Err(e) => Err(e),
             };
@@ -374,8 +379,8 @@ impl FhirService {
         //    problems at once.
         let mut entries = Vec::with_capacity(raw.len());
         let mut issues = vec![];
-        for (i, r) in raw.iter().enumerate() {
-            match parse_entry(i, r) {
+        for (i, mut r) in raw.into_iter().enumerate() {
+            match parse_entry(i, &mut r) {
                 Ok(e) => {
                     if matches!(e.verb, Verb::Post | Verb::Put) {
                         if let Err(err) = ensure_type(&e.rtype).and_then(|_| {

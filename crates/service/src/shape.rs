@@ -61,7 +61,9 @@ pub fn apply(resource: &mut Value, summary: Option<&str>, elements: Option<&[Str
     if let Some(els) = elements {
         obj.retain(|k, _| {
             MANDATORY.contains(&k.as_str())
-                || els.iter().any(|e| e == k || e.strip_prefix('_') == Some(k))
+                || els
+                    .iter()
+                    .any(|e| e == k || k.strip_prefix('_') == Some(e.as_str()))
         });
         mark_subsetted(resource);
     }
@@ -78,6 +80,14 @@ mod tests {
         assert_eq!(r["gender"], "male");
         assert!(r.get("name").is_none());
         assert_eq!(r["meta"]["tag"][0]["code"], "SUBSETTED");
+    }
+
+    #[test]
+    fn elements_keep_a_primitive_s_extension() {
+        let mut r = json!({"resourceType":"Patient","birthDate":"1970","_birthDate":{"id":"b"},"_gender":{"id":"g"}});
+        apply(&mut r, None, Some(&["birthDate".to_string()]));
+        assert_eq!(r["_birthDate"]["id"], "b");
+        assert!(r.get("_gender").is_none());
     }
 
     #[test]

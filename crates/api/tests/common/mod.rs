@@ -1,0 +1,234 @@
+//! Shared test harness: the real router over a SQLite store in a temporary directory,
+//! wired as `salus serve` wires it (`open_store` → `service` → `app_state`), driven with
+//! `tower::ServiceExt::oneshot` (no socket).
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use salus_api::{router, ApiConfig, AppState};
+use salus_service::{FhirService, Limits};
+use salus_store::sqlite::{SqliteOptions, SqliteStore};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// A running application (no socket) and the directory its database lives in.
+pub struct App {
+    pub router: Router,
+    pub state: AppState,
+    _dir: tempfile::TempDir,
+}
+
+/// A response: status, headers, the body as text, and the body parsed as JSON
+/// (`Value::Null` when empty or not JSON).
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Assert the status, printing the body when it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self
+    }
+
+    /// Assert the body is an OperationOutcome with at least one issue and FHIR JSON type.
+    #[track_caller]
+    pub fn expect_outcome(self, status: u16) -> Self {
+        let r = self.expect(status);
+        assert_outcome(&r.json);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/fhir+json")),
+            "OperationOutcome must be served as application/fhir+json, got {:?}",
+            r.header("content-type")
+        );
+        r
+    }
+}
+
+/// Assert `v` is an OperationOutcome with at least one issue, each with severity and code.
+#[track_caller]
+pub fn assert_outcome(v: &Value) {
+    assert_eq!(
+        v["resourceType"], "OperationOutcome",
+        "not an OperationOutcome: {v}"
+    );
+    let issues = v["issue"].as_array().expect("OperationOutcome.issue");
+    assert!(!issues.is_empty(), "OperationOutcome without issues: {v}");
+    for i in issues {
+        assert!(i["severity"].is_string() && i["code"].is_string(), "{i}");
+    }
+}
+
+/// The store options and limits `salus serve` uses by default (store in a temp dir).
+pub fn app() -> App {
+    app_with(Limits::default(), ApiConfig::default())
+}
+
+pub fn app_with(limits: Limits, api: ApiConfig) -> App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).expect("open store");
+    let service = FhirService::new(Arc::new(store), limits);
+    let state = AppState::new(service, api);
+    App {
+        router: router(state.clone()),
+        state,
+        _dir: dir,
+    }
+}
+
+impl App {
+    /// Send a request with a raw body; `headers` are added as given.
+    pub async fn raw(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Resp {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body.into()).expect("request");
+        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).expect("UTF-8 body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    /// Send a request with an optional JSON body (`Content-Type: application/fhir+json`
+    /// unless `headers` name one).
+    pub async fn req(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Resp {
+        match body {
+            None => self.raw(method, uri, headers, Body::empty()).await,
+            Some(b) => {
+                let mut h: Vec<(&str, &str)> = headers.to_vec();
+                if !h
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                {
+                    h.push(("content-type", "application/fhir+json"));
+                }
+                self.raw(method, uri, &h, serde_json::to_vec(b).expect("JSON"))
+                    .await
+            }
+        }
+    }
+
+    /// The `(status, headers, json)` form.
+    pub async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let r = self.req(method, uri, headers, body).await;
+        (r.status, r.headers, r.json)
+    }
+
+    pub async fn get(&self, uri: &str) -> Resp {
+        self.req("GET", uri, &[], None).await
+    }
+
+    pub async fn post(&self, uri: &str, body: &Value) -> Resp {
+        self.req("POST", uri, &[], Some(body)).await
+    }
+
+    pub async fn put(&self, uri: &str, body: &Value) -> Resp {
+        self.req("PUT", uri, &[], Some(body)).await
+    }
+
+    pub async fn delete(&self, uri: &str) -> Resp {
+        self.req("DELETE", uri, &[], None).await
+    }
+
+    /// Create a resource with POST and return its server-assigned id.
+    pub async fn create(&self, resource: &Value) -> String {
+        let rtype = resource["resourceType"].as_str().expect("resourceType");
+        let r = self.post(&format!("/{rtype}"), resource).await.expect(201);
+        r.json["id"].as_str().expect("id").to_string()
+    }
+
+    /// Number of current resources of a type (via `_summary=count`).
+    pub async fn count(&self, rtype: &str) -> u64 {
+        let r = self
+            .get(&format!("/{rtype}?_summary=count"))
+            .await
+            .expect(200);
+        r.json["total"].as_u64().expect("total")
+    }
+}
+
+/// A minimal valid Patient with one identifier.
+pub fn patient(system: &str, value: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": system, "value": value}],
+        "name": [{"family": "Test", "given": [value]}],
+        "gender": "female"
+    })
+}
+
+/// The shared folder (`../shared` next to the workspace), or `SALUS_SHARED_DIR`.
+pub fn shared_dir() -> PathBuf {
+    match std::env::var_os("SALUS_SHARED_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
+}
+
+/// A missing shared folder skips loudly, unless `SALUS_REQUIRE_SHARED` is set (CI).
+pub fn skip(what: &str, dir: &std::path::Path) {
+    if std::env::var_os("SALUS_REQUIRE_SHARED").is_some() {
+        panic!(
+            "{what} {} is required (SALUS_REQUIRE_SHARED) but missing",
+            dir.display()
+        );
+    }
+    println!("SKIPPED: {what} {} not found", dir.display());
+    eprintln!("SKIPPED: {what} {} not found", dir.display());
+}
+
+/// `Location`'s `Type/id/_history/v` parts.
+pub fn location_parts(loc: &str) -> (String, String, String) {
+    let parts: Vec<&str> = loc.rsplitn(4, '/').collect();
+    assert_eq!(parts.len(), 4, "Location {loc}");
+    assert_eq!(parts[1], "_history", "Location {loc}");
+    let rtype = parts[3].rsplit('/').next().unwrap().to_string();
+    (rtype, parts[2].to_string(), parts[0].to_string())
+}
