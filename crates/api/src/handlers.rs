@@ -8,7 +8,7 @@ use crate::negotiate::{
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use salus_service::response::{etag, history_bundle, searchset};
@@ -191,6 +191,11 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::UnknownPath(uri.path().to_string())
 }
 
+/// A known path with a method it does not take (axum adds the `Allow` header).
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on '{}'", uri.path()))
+}
+
 pub async fn bundle(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -268,8 +273,12 @@ fn shaped_version(
         .map_err(|e| FhirError::Internal(e.to_string()))?;
     shape::apply(&mut v, summary, elements.as_deref());
     let mut resp = json_response(StatusCode::OK, &v, fmt);
-    resp.headers_mut()
-        .insert(header::ETAG, header_value(&etag(r.version)));
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, header_value(&etag(r.version)));
+    h.insert(
+        header::LAST_MODIFIED,
+        header_value(&time::format_http_date(r.last_updated)),
+    );
     Ok(resp)
 }
 
@@ -451,7 +460,10 @@ pub async fn delete(
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let deleted = state.service.delete(&rtype, &id).await?;
+    let deleted = state
+        .service
+        .delete(&rtype, &id, if_match(&headers)?)
+        .await?;
     Ok(delete_response(deleted, &headers))
 }
 

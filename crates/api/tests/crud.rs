@@ -269,6 +269,32 @@ async fn if_match_guards_updates() {
 }
 
 #[tokio::test]
+async fn if_match_guards_deletes() {
+    let app = app();
+    let id = app.create(&patient("urn:mrn", "dm")).await;
+    let url = format!("/Patient/{id}");
+    let body = app.get(&url).await.json;
+    app.put(&url, &body).await.expect(200);
+    // Stale → 412, still there.
+    app.req("DELETE", &url, &[("if-match", "W/\"1\"")], None)
+        .await
+        .expect_outcome(412);
+    app.get(&url).await.expect(200);
+    // Current → deleted.
+    app.req("DELETE", &url, &[("if-match", "W/\"2\"")], None)
+        .await
+        .expect(204);
+    app.get(&url).await.expect(410);
+    // Nothing left to match.
+    app.req("DELETE", &url, &[("if-match", "W/\"2\"")], None)
+        .await
+        .expect_outcome(412);
+    app.req("DELETE", &url, &[("if-match", "soon")], None)
+        .await
+        .expect_outcome(400);
+}
+
+#[tokio::test]
 async fn if_none_match_on_read_gives_304() {
     let app = app();
     let id = app.create(&patient("urn:mrn", "n")).await;
@@ -755,4 +781,24 @@ async fn decimals_and_primitive_extensions_round_trip_textually() {
     assert!(back
         .text
         .contains(r#""valueDateTime":"1970-03-30T14:35:00+01:00""#));
+}
+
+#[tokio::test]
+async fn unsupported_methods_are_405_with_outcome() {
+    let app = app();
+    for (method, uri) in [
+        ("PATCH", "/Patient"),
+        ("DELETE", "/metadata"),
+        ("PUT", "/"),
+        ("DELETE", "/Patient/x/_history/1"),
+        ("POST", "/Patient/x/_history"),
+    ] {
+        let r = app.req(method, uri, &[], None).await;
+        assert_eq!(r.status, 405, "{method} {uri}: {}", r.text);
+        common::assert_outcome(&r.json);
+        assert!(
+            r.header("allow").is_some(),
+            "{method} {uri} names the allowed methods"
+        );
+    }
 }

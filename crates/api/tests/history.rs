@@ -278,4 +278,9 @@ async fn paging_with_count_follows_next_links() {
         );
     }
     assert_eq!(versions(&h2).len(), 3);
+    // `_count=0` gives the total only, and no `next` link that would never advance.
+    let h = history(&app, "/_history?_count=0").await;
+    assert_eq!(h["total"], 8);
+    assert!(h["entry"].as_array().is_none_or(|e| e.is_empty()));
+    assert!(next_link(&h).is_none(), "{h}");
 }

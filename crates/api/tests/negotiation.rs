@@ -161,6 +161,9 @@ async fn summary_and_elements_on_read() {
     assert_eq!(r.json["id"], id.as_str());
     assert!(subsetted(&r.json));
     assert_eq!(r.header("etag"), Some("W/\"1\""));
+    let full = app.get(&url).await;
+    assert!(full.header("last-modified").is_some());
+    assert_eq!(r.header("last-modified"), full.header("last-modified"));
 
     let r = app.get(&format!("{url}?_summary=data")).await.expect(200);
     assert!(r.json.get("text").is_none());

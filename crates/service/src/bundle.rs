@@ -1,10 +1,11 @@
 //! Batch and transaction Bundles (FHIR R4 http.html#transaction).
 //!
 //! A transaction is all-or-nothing: every entry runs inside one store transaction, in
-//! the order the specification prescribes (DELETE, POST, PUT/PATCH, GET/HEAD), after
-//! `fullUrl` identities (`urn:uuid:…`) and conditional references (`Patient?identifier=…`)
-//! have been resolved and rewritten in every entry's resource. A batch runs each entry
-//! on its own and reports a status per entry.
+//! the order the specification prescribes (DELETE, POST, PUT/PATCH, GET/HEAD). The
+//! DELETEs run first; then `fullUrl` identities (`urn:uuid:…`), `ifNoneExist`,
+//! conditional updates and conditional references (`Patient?identifier=…`) are resolved
+//! against what is left and rewritten in every entry's resource before the rest runs.
+//! A batch runs each entry on its own and reports a status per entry.
 
 use crate::error::status_line;
 use crate::query::parse_pairs;
@@ -328,7 +329,7 @@ impl FhirService {
             }
             Verb::Delete => {
                 match (&e.id, &e.query) {
-                    (Some(id), _) => self.delete(rtype, id).await?,
+                    (Some(id), _) => self.delete(rtype, id, e.if_match).await?,
                     (None, Some(q)) => self.conditional_delete(rtype, q).await?,
                     _ => unreachable!("checked in parse_entry"),
                 };
@@ -411,11 +412,41 @@ impl FhirService {
         base: &str,
     ) -> Result<Vec<Value>> {
         let n = entries.len();
-        // 2. Resolve identities: fullUrl → Type/id for every POST/PUT.
+        let mut results: Vec<Option<Value>> = vec![None; n];
+        let mut targets: HashSet<(String, String)> = HashSet::new();
+        // 2. DELETEs come first in the prescribed order, so run them before anything else
+        //    is matched: a conditional create, update or reference must not find a
+        //    resource this transaction deletes.
+        for e in entries.iter_mut().filter(|e| e.verb == Verb::Delete) {
+            let i = e.index;
+            if e.id.is_none() {
+                let q = e.query.clone().expect("checked");
+                let found = tx_match(tx, &e.rtype, &q, self.limits())
+                    .await
+                    .map_err(|err| err.in_entry(i))?;
+                match found.as_slice() {
+                    [] => {}
+                    [one] => e.id = Some(one.id.clone()),
+                    _ => {
+                        return Err(FhirError::PreconditionFailed(format!(
+                            "Bundle.entry[{i}]: conditional delete '{q}' matches more than one {}",
+                            e.rtype
+                        )))
+                    }
+                }
+            }
+            if let Some(id) = &e.id {
+                claim_target(&mut targets, i, &e.rtype, id)?;
+                tx_delete(tx, &e.rtype, id, e.if_match)
+                    .await
+                    .map_err(|err| err.in_entry(i))?;
+            }
+            results[i] = Some(json!({"response": {"status": status_line(204)}}));
+        }
+        // 3. Resolve identities: fullUrl → Type/id for every POST/PUT.
         let mut map: HashMap<String, String> = HashMap::new();
         let mut existing: HashSet<usize> = HashSet::new();
-        let mut targets: HashSet<(String, String)> = HashSet::new();
-        for e in entries.iter_mut() {
+        for e in entries.iter_mut().filter(|e| e.verb != Verb::Delete) {
             let i = e.index;
             match e.verb {
                 Verb::Post => {
@@ -462,38 +493,11 @@ impl FhirService {
                         }
                     });
                 }
-                Verb::Delete if e.id.is_none() => {
-                    let q = e.query.clone().expect("checked");
-                    let found = tx_match(tx, &e.rtype, &q, self.limits())
-                        .await
-                        .map_err(|err| err.in_entry(i))?;
-                    match found.as_slice() {
-                        [] => {}
-                        [one] => e.id = Some(one.id.clone()),
-                        _ => {
-                            return Err(FhirError::PreconditionFailed(format!(
-                            "Bundle.entry[{i}]: conditional delete '{q}' matches more than one {}",
-                            e.rtype
-                        )))
-                        }
-                    }
-                }
                 _ => {}
             }
-            if matches!(e.verb, Verb::Post | Verb::Put | Verb::Patch | Verb::Delete) {
+            if matches!(e.verb, Verb::Post | Verb::Put | Verb::Patch) && !existing.contains(&i) {
                 if let Some(id) = &e.id {
-                    if !valid_id(id) {
-                        return Err(entry_err(i, format!("'{id}' is not a valid FHIR id")));
-                    }
-                    if !existing.contains(&i) && !targets.insert((e.rtype.clone(), id.clone())) {
-                        return Err(entry_err(
-                            i,
-                            format!(
-                                "{}/{id} is changed by more than one entry of the transaction",
-                                e.rtype
-                            ),
-                        ));
-                    }
+                    claim_target(&mut targets, i, &e.rtype, id)?;
                 }
             }
             if let (Some(full), Some(id)) = (&e.full_url, &e.id) {
@@ -502,7 +506,7 @@ impl FhirService {
                 }
             }
         }
-        // 3. Rewrite references in every resource.
+        // 4. Rewrite references in every resource.
         let mut conditional_cache: HashMap<String, String> = HashMap::new();
         for e in entries.iter_mut() {
             let i = e.index;
@@ -547,25 +551,17 @@ impl FhirService {
                 *r = to;
             }
         }
-        // 4. Execute in the prescribed order.
-        let mut order: Vec<usize> = (0..n).collect();
+        // 5. Execute the rest in the prescribed order (the DELETEs ran in step 2).
+        let mut order: Vec<usize> = (0..n).filter(|&i| results[i].is_none()).collect();
         order.sort_by_key(|&i| {
             let v = entries[i].verb;
             (if v == Verb::Patch { Verb::Put } else { v }, i)
         });
-        let mut results: Vec<Option<Value>> = vec![None; n];
         for i in order {
             let e = &mut entries[i];
             let rtype = e.rtype.clone();
             let res = match e.verb {
-                Verb::Delete => {
-                    if let Some(id) = &e.id {
-                        tx_delete(tx, &rtype, id)
-                            .await
-                            .map_err(|err| err.in_entry(i))?;
-                    }
-                    json!({"response": {"status": status_line(204)}})
-                }
+                Verb::Delete => unreachable!("DELETE entries ran in step 2"),
                 Verb::Post if existing.contains(&i) => {
                     let id = e.id.as_deref().expect("assigned");
                     let rec = tx.read(&rtype, id).await?.ok_or_else(|| {
@@ -629,6 +625,26 @@ impl FhirService {
             .map(|r| r.expect("every entry ran"))
             .collect())
     }
+}
+
+/// Record that entry `index` changes `rtype/id`; a transaction may change a resource
+/// only once.
+fn claim_target(
+    targets: &mut HashSet<(String, String)>,
+    index: usize,
+    rtype: &str,
+    id: &str,
+) -> Result<()> {
+    if !valid_id(id) {
+        return Err(entry_err(index, format!("'{id}' is not a valid FHIR id")));
+    }
+    if !targets.insert((rtype.to_string(), id.to_string())) {
+        return Err(entry_err(
+            index,
+            format!("{rtype}/{id} is changed by more than one entry of the transaction"),
+        ));
+    }
+    Ok(())
 }
 
 /// A PATCH entry's resource: a Binary holding a JSON Patch document (base64), or the

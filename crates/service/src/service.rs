@@ -174,6 +174,28 @@ fn next_timestamp(now: i64, prev: Option<&VersionRecord>) -> i64 {
     }
 }
 
+/// `If-Match`: the resource must exist and its current version must be `expected`.
+fn check_if_match(
+    current: Option<&VersionRecord>,
+    if_match: Option<u64>,
+    rtype: &str,
+    id: &str,
+) -> Result<()> {
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
+    match current {
+        Some(c) if !c.is_deleted() && c.version == expected => Ok(()),
+        Some(c) if !c.is_deleted() => Err(FhirError::PreconditionFailed(format!(
+            "If-Match version {expected} does not match the current version {} of {rtype}/{id}",
+            c.version
+        ))),
+        _ => Err(FhirError::PreconditionFailed(format!(
+            "If-Match given but {rtype}/{id} does not exist"
+        ))),
+    }
+}
+
 /// Store a (validated) resource as the next version of `rtype/id` inside `tx`.
 pub(crate) async fn tx_write(
     tx: &mut dyn StoreTx,
@@ -184,22 +206,7 @@ pub(crate) async fn tx_write(
     method: Method,
 ) -> Result<WriteOutcome> {
     let current = tx.read(rtype, id).await?;
-    if let Some(expected) = if_match {
-        match &current {
-            Some(c) if !c.is_deleted() && c.version == expected => {}
-            Some(c) if !c.is_deleted() => {
-                return Err(FhirError::PreconditionFailed(format!(
-                "If-Match version {expected} does not match the current version {} of {rtype}/{id}",
-                c.version
-            )))
-            }
-            _ => {
-                return Err(FhirError::PreconditionFailed(format!(
-                    "If-Match given but {rtype}/{id} does not exist"
-                )))
-            }
-        }
-    }
+    check_if_match(current.as_ref(), if_match, rtype, id)?;
     let version = current.as_ref().map_or(1, |c| c.version + 1);
     let last_updated = next_timestamp(time::now_micros(), current.as_ref());
     let index = index::extract(&body);
@@ -236,13 +243,17 @@ pub(crate) async fn tx_write(
     })
 }
 
-/// Delete `rtype/id` inside `tx`; `None` when there was nothing to delete.
+/// Delete `rtype/id` inside `tx` (checking `If-Match` when given); `None` when there
+/// was nothing to delete.
 pub(crate) async fn tx_delete(
     tx: &mut dyn StoreTx,
     rtype: &str,
     id: &str,
+    if_match: Option<u64>,
 ) -> Result<Option<VersionRecord>> {
-    let Some(current) = tx.read(rtype, id).await? else {
+    let current = tx.read(rtype, id).await?;
+    check_if_match(current.as_ref(), if_match, rtype, id)?;
+    let Some(current) = current else {
         return Ok(None);
     };
     if current.is_deleted() {
@@ -511,11 +522,19 @@ impl FhirService {
         .await)
     }
 
-    /// `DELETE [type]/[id]`; `None` when there was nothing to delete.
-    pub async fn delete(&self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+    /// `DELETE [type]/[id]` (with optional `If-Match`); `None` when there was nothing
+    /// to delete.
+    pub async fn delete(
+        &self,
+        rtype: &str,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<Option<VersionRecord>> {
         ensure_type(rtype)?;
-        in_tx!(self, true, |tx| async { tx_delete(tx, rtype, id).await }
-            .await)
+        in_tx!(self, if_match.is_none(), |tx| async {
+            tx_delete(tx, rtype, id, if_match).await
+        }
+        .await)
     }
 
     /// `DELETE [type]?criteria` (single match; several → 412).
@@ -529,7 +548,7 @@ impl FhirService {
             let found = tx_match(tx, rtype, criteria, &self.limits).await?;
             match found.as_slice() {
                 [] => Ok(None),
-                [one] => tx_delete(tx, rtype, &one.id).await,
+                [one] => tx_delete(tx, rtype, &one.id, None).await,
                 _ => Err(FhirError::PreconditionFailed(format!(
                     "conditional delete criteria '{criteria}' match more than one {rtype}"
                 ))),

@@ -11,6 +11,7 @@
 pub mod contract;
 mod model;
 pub mod sqlite;
+mod sqlite_query;
 
 pub use model::*;
 

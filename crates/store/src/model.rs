@@ -140,6 +140,94 @@ pub struct TokenMatch {
     pub code: Option<String>,
 }
 
+/// Comparison prefix of a date, number or quantity search (R4 search.html#prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// A date/number/quantity criterion: the search value's implicit range `[low, high]`
+/// (from its precision) compared with each indexed value's range by `prefix`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeMatch<T> {
+    pub prefix: Prefix,
+    pub low: T,
+    pub high: T,
+}
+
+/// A quantity criterion: a number range plus optional unit system and code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantityMatch {
+    pub range: RangeMatch<f64>,
+    /// `None`: any system.
+    pub system: Option<String>,
+    /// `None`: any unit.
+    pub code: Option<String>,
+}
+
+/// How a string criterion matches the normalised (lower-case, accent-free) value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringMode {
+    /// Default: the value starts with the criterion.
+    Prefix,
+    /// `:contains`.
+    Contains,
+    /// `:exact`: compared with the original text, case- and accent-sensitive.
+    Exact,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringMatch {
+    /// Normalised for `Prefix`/`Contains`, original for `Exact`.
+    pub value: String,
+    pub mode: StringMode,
+}
+
+/// A reference criterion. Relative references are indexed as `target_type` + `target_id`;
+/// absolute URLs and canonicals as `target_id` = the URL with no type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefMatch {
+    /// `None`: any type.
+    pub target_type: Option<String>,
+    pub target_id: String,
+    /// `None`: any version.
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriMode {
+    Exact,
+    /// `:above`: the indexed URI is the criterion or one of its ancestors.
+    Above,
+    /// `:below`: the indexed URI is the criterion or below it.
+    Below,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriMatch {
+    pub value: String,
+    pub mode: UriMode,
+}
+
+/// The index table a parameter lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IndexKind {
+    Token,
+    String,
+    Reference,
+    Date,
+    Number,
+    Uri,
+}
+
 /// One condition of a search; conditions are ANDed, values inside one are ORed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Clause {
@@ -153,14 +241,125 @@ pub enum Clause {
         low: Option<i64>,
         high: Option<i64>,
     },
+    /// `_lastUpdated` with a prefix, against the resource's own timestamp.
+    LastUpdatedRange {
+        any: Vec<RangeMatch<i64>>,
+    },
+    String {
+        param: String,
+        any: Vec<StringMatch>,
+    },
+    Reference {
+        param: String,
+        any: Vec<RefMatch>,
+    },
+    /// Dates in micros since the epoch.
+    Date {
+        param: String,
+        any: Vec<RangeMatch<i64>>,
+    },
+    Number {
+        param: String,
+        any: Vec<RangeMatch<f64>>,
+    },
+    Quantity {
+        param: String,
+        any: Vec<QuantityMatch>,
+    },
+    Uri {
+        param: String,
+        any: Vec<UriMatch>,
+    },
+    /// `:missing`: whether the resource has no index row for the parameter.
+    Missing {
+        param: String,
+        kind: IndexKind,
+        missing: bool,
+    },
+    /// Negation (`:not`, `ne`).
+    Not(Box<Clause>),
+    /// Any of several clauses (OR across parameters, e.g. compartment membership).
+    Any(Vec<Clause>),
+    /// Chaining: the resource references (through `param`) a resource of one of
+    /// `target_types` (any type when empty) that satisfies every inner clause.
+    Chain {
+        param: String,
+        target_types: Vec<String>,
+        inner: Vec<Clause>,
+    },
+    /// Reverse chaining (`_has`): some `source_type` resource references this one
+    /// through `param` and satisfies every inner clause.
+    Has {
+        source_type: String,
+        param: String,
+        inner: Vec<Clause>,
+    },
+    /// Resource types allowed (system-level search; `_type`).
+    Types(Vec<String>),
+}
+
+/// One `_sort` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortField {
+    Id,
+    LastUpdated,
+    /// An indexed parameter; ascending uses the smallest value of a resource,
+    /// descending the largest. Resources without a value sort last either way.
+    Param {
+        param: String,
+        kind: IndexKind,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub field: SortField,
+    pub descending: bool,
+}
+
+/// A sort value as kept in a paging cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// A position between two results in sort order: the sort values of a result, then
+/// its type and id (the tie-breaker that makes the order total).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub values: Vec<SortValue>,
+    pub rtype: String,
+    pub id: String,
+}
+
+/// Which page of a search to fetch: keyset paging that stays correct while data
+/// changes between requests.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Page {
+    /// From the start.
+    #[default]
+    First,
+    /// The results after this position.
+    After(Cursor),
+    /// The results before this position (a "previous" link).
+    Before(Cursor),
+    /// The final page.
+    Last,
 }
 
 #[derive(Debug, Clone)]
 pub struct SearchQuery {
+    /// The resource type; empty for a system-level search (see [`Clause::Types`]).
     pub rtype: String,
     pub clauses: Vec<Clause>,
+    pub sort: Vec<SortKey>,
     pub count: usize,
+    /// Offset paging (kept for simple callers); ignored unless `page` is `First`.
     pub offset: usize,
+    pub page: Page,
     pub with_total: bool,
 }
 
@@ -169,8 +368,10 @@ impl SearchQuery {
         SearchQuery {
             rtype: rtype.into(),
             clauses: vec![],
+            sort: vec![],
             count: 100,
             offset: 0,
+            page: Page::First,
             with_total: false,
         }
     }
@@ -180,6 +381,11 @@ impl SearchQuery {
 pub struct SearchPage {
     pub entries: Vec<VersionRecord>,
     pub total: Option<u64>,
-    /// Whether more results exist after this page.
+    /// Whether more results exist after this page (in sort order).
     pub more: bool,
+    /// Whether results exist before this page.
+    pub before: bool,
+    /// Positions of the first and last entry, for `previous`/`next` links.
+    pub first_cursor: Option<Cursor>,
+    pub last_cursor: Option<Cursor>,
 }

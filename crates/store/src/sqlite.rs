@@ -6,8 +6,8 @@
 //! last committed state (WAL snapshot isolation).
 
 use crate::{
-    Clause, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result,
-    SearchPage, SearchQuery, Store, StoreError, StoreTx, VersionRecord,
+    HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result, SearchPage,
+    SearchQuery, Store, StoreError, StoreTx, VersionRecord,
 };
 use async_trait::async_trait;
 use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
@@ -98,7 +98,7 @@ const INDEX_TABLES: &[&str] = &[
     "idx_uri",
 ];
 
-fn db_err(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
         if matches!(
             f.code,
@@ -240,7 +240,7 @@ fn migrate(conn: &Connection) -> Result<()> {
 
 const VERSION_COLS: &str = "v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq";
 
-fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+pub(crate) fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
     let method: String = row.get(4)?;
     Ok(VersionRecord {
         rtype: row.get(0)?,
@@ -341,94 +341,7 @@ fn history(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage> {
 }
 
 fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage> {
-    let mut filter = String::from("r.rtype = ? AND r.deleted = 0");
-    let mut args: Vec<Sql> = vec![Sql::Text(q.rtype.clone())];
-    for clause in &q.clauses {
-        match clause {
-            Clause::Id(ids) => {
-                if ids.is_empty() {
-                    filter.push_str(" AND 0");
-                    continue;
-                }
-                filter.push_str(" AND r.id IN (");
-                for (i, id) in ids.iter().enumerate() {
-                    filter.push_str(if i == 0 { "?" } else { ",?" });
-                    args.push(Sql::Text(id.clone()));
-                }
-                filter.push(')');
-            }
-            Clause::Token { param, any } => {
-                if any.is_empty() {
-                    filter.push_str(" AND 0");
-                    continue;
-                }
-                filter.push_str(
-                    " AND EXISTS (SELECT 1 FROM idx_token t WHERE t.rtype = r.rtype AND t.id = r.id AND t.param = ? AND (",
-                );
-                args.push(Sql::Text(param.clone()));
-                for (i, m) in any.iter().enumerate() {
-                    if i > 0 {
-                        filter.push_str(" OR ");
-                    }
-                    filter.push_str("(1=1");
-                    if let Some(code) = &m.code {
-                        filter.push_str(" AND t.code = ?");
-                        args.push(Sql::Text(code.clone()));
-                    }
-                    match &m.system {
-                        None => {}
-                        Some(s) if s.is_empty() => filter.push_str(" AND t.system IS NULL"),
-                        Some(s) => {
-                            filter.push_str(" AND t.system = ?");
-                            args.push(Sql::Text(s.clone()));
-                        }
-                    }
-                    filter.push(')');
-                }
-                filter.push_str("))");
-            }
-            Clause::LastUpdated { low, high } => {
-                if let Some(l) = low {
-                    filter.push_str(" AND r.last_updated >= ?");
-                    args.push(Sql::Integer(*l));
-                }
-                if let Some(h) = high {
-                    filter.push_str(" AND r.last_updated <= ?");
-                    args.push(Sql::Integer(*h));
-                }
-            }
-        }
-    }
-    let total = if q.with_total {
-        let n: i64 = conn
-            .prepare_cached(&format!("SELECT count(*) FROM resources r WHERE {filter}"))
-            .map_err(db_err)?
-            .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
-            .map_err(db_err)?;
-        Some(n as u64)
-    } else {
-        None
-    };
-    args.push(Sql::Integer(q.count as i64 + 1));
-    args.push(Sql::Integer(q.offset as i64));
-    let mut st = conn
-        .prepare_cached(&format!(
-            "SELECT {VERSION_COLS} FROM resources r JOIN resource_versions v ON v.seq = r.seq \
-             WHERE {filter} ORDER BY r.seq LIMIT ? OFFSET ?"
-        ))
-        .map_err(db_err)?;
-    let mut entries: Vec<VersionRecord> = st
-        .query_map(rusqlite::params_from_iter(args.iter()), row_to_record)
-        .map_err(db_err)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(db_err)?;
-    let more = entries.len() > q.count;
-    entries.truncate(q.count);
-    Ok(SearchPage {
-        entries,
-        total,
-        more,
-    })
+    crate::sqlite_query::run(conn, q)
 }
 
 #[async_trait]

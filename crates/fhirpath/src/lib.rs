@@ -1,0 +1,1 @@
+//! placeholder (the FHIRPath helper replaces this file)

@@ -1,0 +1,628 @@
+//! SQL for searches on the SQLite backend: every clause becomes an index lookup
+//! (`id IN (SELECT id FROM idx_… WHERE …)`), never a scan of resource JSON. Sorting
+//! uses per-parameter min/max sort keys; paging is keyset-based on
+//! (sort keys…, type, id), so pages stay correct while data changes.
+
+use crate::{
+    Clause, Cursor, IndexKind, Page, Prefix, RangeMatch, SearchPage, SearchQuery, SortField,
+    SortValue, StringMode, UriMode, VersionRecord,
+};
+use rusqlite::types::Value as Sql;
+
+/// Accumulates SQL text and its positional arguments.
+#[derive(Default)]
+pub(crate) struct Q {
+    pub text: String,
+    pub args: Vec<Sql>,
+    aliases: usize,
+}
+
+impl Q {
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+    }
+    fn arg(&mut self, v: Sql) {
+        self.text.push('?');
+        self.args.push(v);
+    }
+    fn text_arg(&mut self, s: &str) {
+        self.arg(Sql::Text(s.to_string()));
+    }
+    fn alias(&mut self, prefix: &str) -> String {
+        self.aliases += 1;
+        format!("{prefix}{}", self.aliases)
+    }
+}
+
+pub(crate) fn table(kind: IndexKind) -> &'static str {
+    match kind {
+        IndexKind::Token => "idx_token",
+        IndexKind::String => "idx_string",
+        IndexKind::Reference => "idx_reference",
+        IndexKind::Date => "idx_date",
+        IndexKind::Number => "idx_number",
+        IndexKind::Uri => "idx_uri",
+    }
+}
+
+/// Start `{a}.id IN (SELECT x.id FROM {table} x WHERE <type constraint> AND x.param = ? AND (`
+/// — the caller appends the value condition and closes with `))`.
+fn open_lookup(q: &mut Q, a: &str, types: &[String], tbl: &str, x: &str, param: &str) {
+    match types {
+        [one] => {
+            q.push(&format!(
+                "{a}.id IN (SELECT {x}.id FROM {tbl} {x} WHERE {x}.rtype = "
+            ));
+            q.text_arg(one);
+        }
+        _ => {
+            q.push(&format!(
+                "({a}.rtype, {a}.id) IN (SELECT {x}.rtype, {x}.id FROM {tbl} {x} WHERE 1=1"
+            ));
+            if !types.is_empty() {
+                q.push(&format!(" AND {x}.rtype IN ("));
+                for (i, t) in types.iter().enumerate() {
+                    if i > 0 {
+                        q.push(",");
+                    }
+                    q.text_arg(t);
+                }
+                q.push(")");
+            }
+        }
+    }
+    q.push(&format!(" AND {x}.param = "));
+    q.text_arg(param);
+    q.push(" AND (");
+}
+
+/// The condition for one range criterion against columns `lo`/`hi` (R4 search.html#prefix):
+/// the resource's range [lo, hi] compared with the search range [pl, ph].
+fn range_cond<T: Copy>(q: &mut Q, lo: &str, hi: &str, m: &RangeMatch<T>, to_sql: fn(T) -> Sql) {
+    let pl = || to_sql(m.low);
+    let ph = || to_sql(m.high);
+    match m.prefix {
+        Prefix::Eq => {
+            q.push(&format!("({lo} >= "));
+            q.arg(pl());
+            q.push(&format!(" AND {hi} <= "));
+            q.arg(ph());
+            q.push(")");
+        }
+        Prefix::Ne => {
+            q.push(&format!("NOT ({lo} >= "));
+            q.arg(pl());
+            q.push(&format!(" AND {hi} <= "));
+            q.arg(ph());
+            q.push(")");
+        }
+        Prefix::Gt => {
+            q.push(&format!("{hi} > "));
+            q.arg(ph());
+        }
+        Prefix::Lt => {
+            q.push(&format!("{lo} < "));
+            q.arg(pl());
+        }
+        Prefix::Ge => {
+            q.push(&format!("({hi} > "));
+            q.arg(ph());
+            q.push(&format!(" OR ({lo} >= "));
+            q.arg(pl());
+            q.push(&format!(" AND {hi} <= "));
+            q.arg(ph());
+            q.push("))");
+        }
+        Prefix::Le => {
+            q.push(&format!("({lo} < "));
+            q.arg(pl());
+            q.push(&format!(" OR ({lo} >= "));
+            q.arg(pl());
+            q.push(&format!(" AND {hi} <= "));
+            q.arg(ph());
+            q.push("))");
+        }
+        Prefix::Sa => {
+            q.push(&format!("{lo} > "));
+            q.arg(ph());
+        }
+        Prefix::Eb => {
+            q.push(&format!("{hi} < "));
+            q.arg(pl());
+        }
+        Prefix::Ap => {
+            // Overlap of the ranges; the caller widens the search range for `ap`.
+            q.push(&format!("({lo} <= "));
+            q.arg(ph());
+            q.push(&format!(" AND {hi} >= "));
+            q.arg(pl());
+            q.push(")");
+        }
+    }
+}
+
+fn or_each<T>(q: &mut Q, items: &[T], mut f: impl FnMut(&mut Q, &T)) {
+    if items.is_empty() {
+        q.push("0");
+        return;
+    }
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            q.push(" OR ");
+        }
+        q.push("(");
+        f(q, it);
+        q.push(")");
+    }
+}
+
+/// SQL for one clause about the `resources` row aliased `a`, whose type is one of
+/// `types` (any when empty).
+pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
+    match c {
+        Clause::Id(ids) => {
+            if ids.is_empty() {
+                q.push("0");
+                return;
+            }
+            q.push(&format!("{a}.id IN ("));
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    q.push(",");
+                }
+                q.text_arg(id);
+            }
+            q.push(")");
+        }
+        Clause::Types(ts) => {
+            if ts.is_empty() {
+                q.push("0");
+                return;
+            }
+            q.push(&format!("{a}.rtype IN ("));
+            for (i, t) in ts.iter().enumerate() {
+                if i > 0 {
+                    q.push(",");
+                }
+                q.text_arg(t);
+            }
+            q.push(")");
+        }
+        Clause::LastUpdated { low, high } => {
+            q.push("1=1");
+            if let Some(l) = low {
+                q.push(&format!(" AND {a}.last_updated >= "));
+                q.arg(Sql::Integer(*l));
+            }
+            if let Some(h) = high {
+                q.push(&format!(" AND {a}.last_updated <= "));
+                q.arg(Sql::Integer(*h));
+            }
+        }
+        Clause::LastUpdatedRange { any } => {
+            let lo = format!("{a}.last_updated");
+            let hi = format!("({a}.last_updated + 999)");
+            or_each(q, any, |q, m| range_cond(q, &lo, &hi, m, Sql::Integer));
+        }
+        Clause::Token { param, any } => {
+            let x = q.alias("t");
+            open_lookup(q, a, types, "idx_token", &x, param);
+            or_each(q, any, |q, m| {
+                q.push("1=1");
+                if let Some(code) = &m.code {
+                    q.push(&format!(" AND {x}.code = "));
+                    q.text_arg(code);
+                }
+                match &m.system {
+                    None => {}
+                    Some(s) if s.is_empty() => q.push(&format!(" AND {x}.system IS NULL")),
+                    Some(s) => {
+                        q.push(&format!(" AND {x}.system = "));
+                        q.text_arg(s);
+                    }
+                }
+            });
+            q.push("))");
+        }
+        Clause::String { param, any } => {
+            let x = q.alias("s");
+            open_lookup(q, a, types, "idx_string", &x, param);
+            or_each(q, any, |q, m| match m.mode {
+                StringMode::Prefix => {
+                    q.push(&format!("{x}.normalized >= "));
+                    q.text_arg(&m.value);
+                    q.push(&format!(" AND {x}.normalized < "));
+                    q.text_arg(&format!("{}\u{10FFFF}", m.value));
+                }
+                StringMode::Contains => {
+                    q.push(&format!("instr({x}.normalized, "));
+                    q.text_arg(&m.value);
+                    q.push(") > 0");
+                }
+                StringMode::Exact => {
+                    q.push(&format!("{x}.exact = "));
+                    q.text_arg(&m.value);
+                }
+            });
+            q.push("))");
+        }
+        Clause::Reference { param, any } => {
+            let x = q.alias("x");
+            open_lookup(q, a, types, "idx_reference", &x, param);
+            or_each(q, any, |q, m| {
+                q.push(&format!("{x}.target_id = "));
+                q.text_arg(&m.target_id);
+                if let Some(t) = &m.target_type {
+                    q.push(&format!(" AND {x}.target_type = "));
+                    q.text_arg(t);
+                }
+                if let Some(v) = &m.version {
+                    q.push(&format!(" AND {x}.version = "));
+                    q.text_arg(v);
+                }
+            });
+            q.push("))");
+        }
+        Clause::Date { param, any } => {
+            let x = q.alias("d");
+            open_lookup(q, a, types, "idx_date", &x, param);
+            let (lo, hi) = (format!("{x}.low"), format!("{x}.high"));
+            or_each(q, any, |q, m| range_cond(q, &lo, &hi, m, Sql::Integer));
+            q.push("))");
+        }
+        Clause::Number { param, any } => {
+            let x = q.alias("n");
+            open_lookup(q, a, types, "idx_number", &x, param);
+            let v = format!("{x}.value");
+            or_each(q, any, |q, m| range_cond(q, &v, &v, m, Sql::Real));
+            q.push("))");
+        }
+        Clause::Quantity { param, any } => {
+            let x = q.alias("n");
+            open_lookup(q, a, types, "idx_number", &x, param);
+            let v = format!("{x}.value");
+            or_each(q, any, |q, m| {
+                range_cond(q, &v, &v, &m.range, Sql::Real);
+                if let Some(s) = &m.system {
+                    q.push(&format!(" AND {x}.system = "));
+                    q.text_arg(s);
+                }
+                if let Some(c) = &m.code {
+                    q.push(&format!(" AND {x}.code = "));
+                    q.text_arg(c);
+                }
+            });
+            q.push("))");
+        }
+        Clause::Uri { param, any } => {
+            let x = q.alias("u");
+            open_lookup(q, a, types, "idx_uri", &x, param);
+            or_each(q, any, |q, m| match m.mode {
+                UriMode::Exact => {
+                    q.push(&format!("{x}.uri = "));
+                    q.text_arg(&m.value);
+                }
+                UriMode::Below => {
+                    q.push(&format!("{x}.uri >= "));
+                    q.text_arg(&m.value);
+                    q.push(&format!(" AND {x}.uri < "));
+                    q.text_arg(&format!("{}\u{10FFFF}", m.value));
+                }
+                UriMode::Above => {
+                    q.push("instr(");
+                    q.text_arg(&m.value);
+                    q.push(&format!(", {x}.uri) = 1"));
+                }
+            });
+            q.push("))");
+        }
+        Clause::Missing {
+            param,
+            kind,
+            missing,
+        } => {
+            let x = q.alias("m");
+            q.push(if *missing { "NOT EXISTS" } else { "EXISTS" });
+            q.push(&format!(
+                " (SELECT 1 FROM {} {x} WHERE {x}.rtype = {a}.rtype AND {x}.id = {a}.id AND {x}.param = ",
+                table(*kind)
+            ));
+            q.text_arg(param);
+            q.push(")");
+        }
+        Clause::Not(inner) => {
+            q.push("NOT (");
+            clause(q, inner, a, types);
+            q.push(")");
+        }
+        Clause::Any(cs) => {
+            or_each(q, cs, |q, c| clause(q, c, a, types));
+        }
+        Clause::Chain {
+            param,
+            target_types,
+            inner,
+        } => {
+            let x = q.alias("cx");
+            let t = q.alias("ct");
+            open_lookup(q, a, types, "idx_reference", &x, param);
+            q.push(&format!(
+                "EXISTS (SELECT 1 FROM resources {t} WHERE {t}.rtype = {x}.target_type AND {t}.id = {x}.target_id AND {t}.deleted = 0"
+            ));
+            if !target_types.is_empty() {
+                q.push(&format!(" AND {t}.rtype IN ("));
+                for (i, tt) in target_types.iter().enumerate() {
+                    if i > 0 {
+                        q.push(",");
+                    }
+                    q.text_arg(tt);
+                }
+                q.push(")");
+            }
+            for c in inner {
+                q.push(" AND ");
+                clause(q, c, &t, target_types);
+            }
+            q.push(")))");
+        }
+        Clause::Has {
+            source_type,
+            param,
+            inner,
+        } => {
+            let x = q.alias("hx");
+            let s = q.alias("hs");
+            q.push(&format!(
+                "({a}.rtype, {a}.id) IN (SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} \
+                 JOIN resources {s} ON {s}.rtype = {x}.rtype AND {s}.id = {x}.id AND {s}.deleted = 0 \
+                 WHERE {x}.rtype = "
+            ));
+            q.text_arg(source_type);
+            q.push(&format!(" AND {x}.param = "));
+            q.text_arg(param);
+            let src = vec![source_type.clone()];
+            for c in inner {
+                q.push(" AND ");
+                clause(q, c, &s, &src);
+            }
+            q.push(")");
+        }
+    }
+}
+
+/// The SQL expression of a sort key for the resource row `r`.
+fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
+    match field {
+        SortField::Id => "r.id".into(),
+        SortField::LastUpdated => "r.last_updated".into(),
+        SortField::Param { param, kind } => {
+            let agg = if descending { "max" } else { "min" };
+            let col = match (kind, descending) {
+                (IndexKind::Token, _) => "code",
+                (IndexKind::String, _) => "normalized",
+                (IndexKind::Reference, _) => "target_id",
+                (IndexKind::Date, false) => "low",
+                (IndexKind::Date, true) => "high",
+                (IndexKind::Number, _) => "value",
+                (IndexKind::Uri, _) => "uri",
+            };
+            let x = q.alias("o");
+            // the parameter name is a literal from the server's own tables: quote it safely
+            let p = param.replace('\'', "''");
+            format!(
+                "(SELECT {agg}({x}.{col}) FROM {} {x} WHERE {x}.rtype = r.rtype AND {x}.id = r.id AND {x}.param = '{p}')",
+                table(*kind)
+            )
+        }
+    }
+}
+
+fn value_sql(v: &SortValue) -> Sql {
+    match v {
+        SortValue::Null => Sql::Null,
+        SortValue::Int(i) => Sql::Integer(*i),
+        SortValue::Real(f) => Sql::Real(*f),
+        SortValue::Text(s) => Sql::Text(s.clone()),
+    }
+}
+
+/// One component of the total order: a column of the inner query, its direction, and
+/// the cursor's value for it.
+struct Component {
+    col: String,
+    descending: bool,
+    value: Sql,
+}
+
+fn components(q: &SearchQuery, c: &Cursor) -> Vec<Component> {
+    let mut out = vec![];
+    for (i, key) in q.sort.iter().enumerate() {
+        let v = c.values.get(i).cloned().unwrap_or(SortValue::Null);
+        let null = matches!(v, SortValue::Null);
+        out.push(Component {
+            col: format!("n{i}"),
+            descending: false,
+            value: Sql::Integer(null as i64),
+        });
+        if !null {
+            out.push(Component {
+                col: format!("k{i}"),
+                descending: key.descending,
+                value: value_sql(&v),
+            });
+        }
+    }
+    out.push(Component {
+        col: "rtype".into(),
+        descending: false,
+        value: Sql::Text(c.rtype.clone()),
+    });
+    out.push(Component {
+        col: "id".into(),
+        descending: false,
+        value: Sql::Text(c.id.clone()),
+    });
+    out
+}
+
+/// `(c1 > v1) OR (c1 = v1 AND c2 > v2) OR …` — strictly after (or before) the cursor.
+fn keyset(qs: &mut Q, comps: &[Component], after: bool) {
+    qs.push("(");
+    for i in 0..comps.len() {
+        if i > 0 {
+            qs.push(" OR ");
+        }
+        qs.push("(");
+        for c in &comps[..i] {
+            qs.push(&format!("{} = ", c.col));
+            qs.arg(c.value.clone());
+            qs.push(" AND ");
+        }
+        let c = &comps[i];
+        let greater = after != c.descending;
+        qs.push(&format!("{} {} ", c.col, if greater { ">" } else { "<" }));
+        qs.arg(c.value.clone());
+        qs.push(")");
+    }
+    qs.push(")");
+}
+
+const COLS: &str = "v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq";
+
+/// Build the filtered inner query: every matching current resource with its sort keys.
+fn inner(q: &SearchQuery) -> Q {
+    let mut s = Q::default();
+    let mut keys = String::new();
+    let mut exprs = vec![];
+    for key in &q.sort {
+        exprs.push(sort_expr(&mut s, &key.field, key.descending));
+    }
+    for (i, e) in exprs.iter().enumerate() {
+        keys.push_str(&format!(", ({e}) IS NULL AS n{i}, {e} AS k{i}"));
+    }
+    s.push(&format!(
+        "SELECT {COLS}, r.rtype AS rtype, r.id AS id{keys} FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = 0"
+    ));
+    let types: Vec<String> = if q.rtype.is_empty() {
+        vec![]
+    } else {
+        s.push(" AND r.rtype = ");
+        s.text_arg(&q.rtype);
+        vec![q.rtype.clone()]
+    };
+    for c in &q.clauses {
+        s.push(" AND ");
+        clause(&mut s, c, "r", &types);
+    }
+    s
+}
+
+/// `ORDER BY` for the outer query, forwards or reversed.
+fn order_by(q: &SearchQuery, reverse: bool) -> String {
+    let dir = |desc: bool| if desc != reverse { "DESC" } else { "ASC" };
+    let mut parts = vec![];
+    for (i, key) in q.sort.iter().enumerate() {
+        parts.push(format!("n{i} {}", dir(false)));
+        parts.push(format!("k{i} {}", dir(key.descending)));
+    }
+    parts.push(format!("rtype {}", dir(false)));
+    parts.push(format!("id {}", dir(false)));
+    format!(" ORDER BY {}", parts.join(", "))
+}
+
+/// The full search: returns the rows and a cursor per row.
+pub(crate) fn run(conn: &rusqlite::Connection, q: &SearchQuery) -> crate::Result<SearchPage> {
+    use crate::sqlite::db_err;
+    let base = inner(q);
+    let total = if q.with_total {
+        let n: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM ({})", base.text))
+            .map_err(db_err)?
+            .query_row(rusqlite::params_from_iter(base.args.iter()), |r| r.get(0))
+            .map_err(db_err)?;
+        Some(n as u64)
+    } else {
+        None
+    };
+    if q.count == 0 {
+        return Ok(SearchPage {
+            entries: vec![],
+            total,
+            more: false,
+            before: false,
+            first_cursor: None,
+            last_cursor: None,
+        });
+    }
+    let mut s = Q {
+        text: format!("SELECT * FROM ({}) WHERE 1=1", base.text),
+        args: base.args,
+        aliases: base.aliases,
+    };
+    let reverse = matches!(q.page, Page::Before(_) | Page::Last);
+    match &q.page {
+        Page::After(c) => {
+            s.push(" AND ");
+            keyset(&mut s, &components(q, c), true);
+        }
+        Page::Before(c) => {
+            s.push(" AND ");
+            keyset(&mut s, &components(q, c), false);
+        }
+        Page::First | Page::Last => {}
+    }
+    s.push(&order_by(q, reverse));
+    s.push(" LIMIT ");
+    s.arg(Sql::Integer(q.count as i64 + 1));
+    if q.page == Page::First && q.offset > 0 {
+        s.push(" OFFSET ");
+        s.arg(Sql::Integer(q.offset as i64));
+    }
+    let nkeys = q.sort.len();
+    let mut st = conn.prepare_cached(&s.text).map_err(db_err)?;
+    let mut rows: Vec<(VersionRecord, Cursor)> = st
+        .query_map(rusqlite::params_from_iter(s.args.iter()), |row| {
+            let rec = crate::sqlite::row_to_record(row)?;
+            let mut values = Vec::with_capacity(nkeys);
+            for i in 0..nkeys {
+                let v: Sql = row.get(9 + 2 * i + 1)?;
+                values.push(match v {
+                    Sql::Null => SortValue::Null,
+                    Sql::Integer(i) => SortValue::Int(i),
+                    Sql::Real(f) => SortValue::Real(f),
+                    Sql::Text(t) => SortValue::Text(t),
+                    Sql::Blob(_) => SortValue::Null,
+                });
+            }
+            let cursor = Cursor {
+                values,
+                rtype: rec.rtype.clone(),
+                id: rec.id.clone(),
+            };
+            Ok((rec, cursor))
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db_err)?;
+    let overflow = rows.len() > q.count;
+    rows.truncate(q.count);
+    if reverse {
+        rows.reverse();
+    }
+    let (more, before) = match &q.page {
+        Page::First => (overflow, q.offset > 0),
+        Page::After(_) => (overflow, true),
+        Page::Before(_) => (true, overflow),
+        Page::Last => (false, overflow),
+    };
+    let first_cursor = rows.first().map(|r| r.1.clone());
+    let last_cursor = rows.last().map(|r| r.1.clone());
+    Ok(SearchPage {
+        entries: rows.into_iter().map(|r| r.0).collect(),
+        total,
+        more,
+        before,
+        first_cursor,
+        last_cursor,
+    })
+}
