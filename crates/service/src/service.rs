@@ -589,6 +589,7 @@ impl FhirService {
             scope: scope.clone(),
             since: None,
             before: None,
+            current_from: None,
             cursor: None,
             count: self.limits.default_count,
         };
@@ -603,11 +604,12 @@ impl FhirService {
                     )
                 }
                 "_at" => {
-                    q.before = Some(
-                        time::parse_range(v)
-                            .ok_or_else(|| bad(format!("'{v}' is not a valid date/dateTime")))?
-                            .1,
-                    )
+                    // versions current at some point of the period: written before its
+                    // end and not replaced before its start
+                    let (lo, hi) = time::parse_range(v)
+                        .ok_or_else(|| bad(format!("'{v}' is not a valid date/dateTime")))?;
+                    q.before = Some(hi);
+                    q.current_from = Some(lo);
                 }
                 "_count" => {
                     q.count = v

@@ -180,6 +180,7 @@ pub async fn history_pages_newest_first(store: Arc<dyn Store>) {
         scope: HistoryScope::Instance("HistA".into(), "1".into()),
         since: None,
         before: None,
+        current_from: None,
         cursor: None,
         count: 2,
     };

@@ -118,6 +118,9 @@ pub struct HistoryQuery {
     pub since: Option<i64>,
     /// Only versions with `last_updated <= at` (micros) — the `_at` upper bound.
     pub before: Option<i64>,
+    /// Only versions still current at or after this instant (micros): with `before`,
+    /// the versions current at some point of an `_at` period.
+    pub current_from: Option<i64>,
     /// Continue after this seq (exclusive; newest-first order means `seq < cursor`).
     pub cursor: Option<i64>,
     pub count: usize,

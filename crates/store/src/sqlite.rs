@@ -305,6 +305,13 @@ fn history(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage> {
         filter.push_str(" AND v.last_updated <= ?");
         args.push(Sql::Integer(before));
     }
+    if let Some(from) = q.current_from {
+        filter.push_str(
+            " AND NOT EXISTS (SELECT 1 FROM resource_versions n WHERE n.rtype = v.rtype \
+             AND n.id = v.id AND n.version = v.version + 1 AND n.last_updated < ?)",
+        );
+        args.push(Sql::Integer(from));
+    }
     let total: i64 = conn
         .prepare_cached(&format!(
             "SELECT count(*) FROM resource_versions v WHERE {filter}"
