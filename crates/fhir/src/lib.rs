@@ -7,6 +7,7 @@
 
 pub mod defs;
 mod hash;
+pub mod instant;
 pub mod issue;
 pub mod primitive;
 pub mod validate;

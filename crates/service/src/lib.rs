@@ -16,7 +16,8 @@ mod query;
 pub mod response;
 mod service;
 pub mod shape;
-pub mod time;
+/// Re-exported: instants and date ranges live in `salus-fhir`.
+pub use salus_fhir::instant as time;
 
 pub use bundle::parse_etag;
 pub use bundle::BundleKind;

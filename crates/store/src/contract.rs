@@ -5,8 +5,9 @@
 //! a database. Panics (assertion failures) name the violated rule.
 
 use crate::{
-    Clause, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, SearchQuery, Store,
-    StoreError, TokenMatch,
+    Clause, HistoryQuery, HistoryScope, IndexKind, IndexRow, Method, NewVersion, Page, Prefix,
+    QuantityMatch, RangeMatch, SearchQuery, SortField, SortKey, Store, StoreError, StringMatch,
+    StringMode, TokenMatch, UriMatch, UriMode,
 };
 use std::sync::Arc;
 
@@ -52,7 +53,453 @@ pub async fn run_all(store: Arc<dyn Store>) {
     token_search_and_index_replacement(store.clone()).await;
     transaction_sees_its_own_writes(store.clone()).await;
     concurrent_writers_lose_no_update(store.clone()).await;
-    counts_exclude_deleted(store).await;
+    counts_exclude_deleted(store.clone()).await;
+    typed_clauses(store.clone()).await;
+    chains_and_reverse_chains(store.clone()).await;
+    sorting_and_keyset_paging(store.clone()).await;
+    include_lookups(store).await;
+}
+
+async fn put_all(store: &Arc<dyn Store>, items: Vec<(&str, &str, Vec<IndexRow>)>) {
+    let mut tx = store.begin().await.unwrap();
+    for (t, id, index) in items {
+        let cur = tx.read(t, id).await.unwrap().map(|c| c.version);
+        let mut w = new_version(t, id, cur.map_or(1, |v| v + 1), cur, "{}");
+        w.index = index;
+        tx.put(w).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn ids(store: &Arc<dyn Store>, q: SearchQuery) -> Vec<String> {
+    let mut v: Vec<String> = store
+        .search(&q)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    v.sort();
+    v
+}
+
+fn query(rtype: &str, clauses: Vec<Clause>) -> SearchQuery {
+    let mut q = SearchQuery::new(rtype);
+    q.clauses = clauses;
+    q
+}
+
+fn date(param: &str, low: i64, high: i64) -> IndexRow {
+    IndexRow::Date {
+        param: param.into(),
+        low,
+        high,
+    }
+}
+
+fn range(prefix: Prefix, low: i64, high: i64) -> RangeMatch<i64> {
+    RangeMatch { prefix, low, high }
+}
+
+pub async fn typed_clauses(store: Arc<dyn Store>) {
+    let s = |v: &str| IndexRow::String {
+        param: "name".into(),
+        normalized: v.to_lowercase(),
+        exact: v.into(),
+    };
+    put_all(
+        &store,
+        vec![
+            (
+                "TypA",
+                "1",
+                vec![
+                    date("date", 100, 199),
+                    s("Zoe"),
+                    IndexRow::Number {
+                        param: "n".into(),
+                        value: 5.0,
+                        system: Some("u".into()),
+                        code: Some("mg".into()),
+                    },
+                    IndexRow::Uri {
+                        param: "url".into(),
+                        uri: "http://x.org/a/b".into(),
+                    },
+                ],
+            ),
+            ("TypA", "2", vec![date("date", 200, 299), s("Adam")]),
+            ("TypA", "3", vec![]),
+        ],
+    )
+    .await;
+    let d = |p: Prefix, lo: i64, hi: i64| {
+        query(
+            "TypA",
+            vec![Clause::Date {
+                param: "date".into(),
+                any: vec![range(p, lo, hi)],
+            }],
+        )
+    };
+    assert_eq!(
+        ids(&store, d(Prefix::Eq, 100, 199)).await,
+        vec!["1"],
+        "eq: contained in the search range"
+    );
+    assert_eq!(ids(&store, d(Prefix::Eq, 0, 1000)).await, vec!["1", "2"]);
+    assert_eq!(
+        ids(&store, d(Prefix::Eq, 150, 160)).await,
+        Vec::<String>::new(),
+        "eq needs full containment"
+    );
+    assert_eq!(
+        ids(&store, d(Prefix::Gt, 150, 160)).await,
+        vec!["1", "2"],
+        "gt: value extends above"
+    );
+    assert_eq!(
+        ids(&store, d(Prefix::Sa, 150, 199)).await,
+        vec!["2"],
+        "sa: starts after"
+    );
+    assert_eq!(
+        ids(&store, d(Prefix::Eb, 200, 210)).await,
+        vec!["1"],
+        "eb: ends before"
+    );
+    assert_eq!(ids(&store, d(Prefix::Le, 150, 160)).await, vec!["1"]);
+    assert_eq!(
+        ids(&store, d(Prefix::Ap, 150, 210)).await,
+        vec!["1", "2"],
+        "ap: overlap"
+    );
+    let not = query(
+        "TypA",
+        vec![Clause::Not(Box::new(Clause::Date {
+            param: "date".into(),
+            any: vec![range(Prefix::Eq, 100, 199)],
+        }))],
+    );
+    assert_eq!(ids(&store, not).await, vec!["2", "3"]);
+    let missing = |m: bool| {
+        query(
+            "TypA",
+            vec![Clause::Missing {
+                param: "date".into(),
+                kind: IndexKind::Date,
+                missing: m,
+            }],
+        )
+    };
+    assert_eq!(ids(&store, missing(true)).await, vec!["3"]);
+    assert_eq!(ids(&store, missing(false)).await, vec!["1", "2"]);
+    let st = |v: &str, mode: StringMode| {
+        query(
+            "TypA",
+            vec![Clause::String {
+                param: "name".into(),
+                any: vec![StringMatch {
+                    value: v.into(),
+                    mode,
+                }],
+            }],
+        )
+    };
+    assert_eq!(ids(&store, st("zo", StringMode::Prefix)).await, vec!["1"]);
+    assert_eq!(ids(&store, st("da", StringMode::Contains)).await, vec!["2"]);
+    assert_eq!(
+        ids(&store, st("zoe", StringMode::Exact)).await,
+        Vec::<String>::new(),
+        "exact is case-sensitive"
+    );
+    assert_eq!(ids(&store, st("Zoe", StringMode::Exact)).await, vec!["1"]);
+    let qty = |lo: f64, hi: f64, code: Option<&str>| {
+        query(
+            "TypA",
+            vec![Clause::Quantity {
+                param: "n".into(),
+                any: vec![QuantityMatch {
+                    range: RangeMatch {
+                        prefix: Prefix::Eq,
+                        low: lo,
+                        high: hi,
+                    },
+                    system: None,
+                    code: code.map(Into::into),
+                }],
+            }],
+        )
+    };
+    assert_eq!(ids(&store, qty(4.5, 5.5, Some("mg"))).await, vec!["1"]);
+    assert!(ids(&store, qty(4.5, 5.5, Some("g"))).await.is_empty());
+    let uri = |v: &str, mode: UriMode| {
+        query(
+            "TypA",
+            vec![Clause::Uri {
+                param: "url".into(),
+                any: vec![UriMatch {
+                    value: v.into(),
+                    mode,
+                }],
+            }],
+        )
+    };
+    assert_eq!(
+        ids(&store, uri("http://x.org/a", UriMode::Below)).await,
+        vec!["1"]
+    );
+    assert_eq!(
+        ids(&store, uri("http://x.org/a/b/c", UriMode::Above)).await,
+        vec!["1"]
+    );
+    assert!(ids(&store, uri("http://x.org/a", UriMode::Exact))
+        .await
+        .is_empty());
+    let any = query(
+        "TypA",
+        vec![Clause::Any(vec![
+            Clause::Id(vec!["3".into()]),
+            Clause::Id(vec!["2".into()]),
+        ])],
+    );
+    assert_eq!(ids(&store, any).await, vec!["2", "3"]);
+}
+
+fn refrow(param: &str, t: &str, id: &str) -> IndexRow {
+    IndexRow::Reference {
+        param: param.into(),
+        target_type: Some(t.into()),
+        target_id: id.into(),
+        version: None,
+    }
+}
+
+pub async fn chains_and_reverse_chains(store: Arc<dyn Store>) {
+    put_all(
+        &store,
+        vec![
+            ("ChOrg", "o1", vec![token("name", None, "acme")]),
+            ("ChPat", "p1", vec![refrow("organization", "ChOrg", "o1")]),
+            ("ChPat", "p2", vec![]),
+            (
+                "ChObs",
+                "x1",
+                vec![
+                    refrow("subject", "ChPat", "p1"),
+                    token("code", Some("l"), "hr"),
+                ],
+            ),
+            (
+                "ChObs",
+                "x2",
+                vec![
+                    refrow("subject", "ChPat", "p2"),
+                    token("code", Some("l"), "bp"),
+                ],
+            ),
+        ],
+    )
+    .await;
+    let acme = Clause::Token {
+        param: "name".into(),
+        any: vec![TokenMatch {
+            system: None,
+            code: Some("acme".into()),
+        }],
+    };
+    let two_level = query(
+        "ChObs",
+        vec![Clause::Chain {
+            param: "subject".into(),
+            target_types: vec!["ChPat".into()],
+            inner: vec![Clause::Chain {
+                param: "organization".into(),
+                target_types: vec!["ChOrg".into()],
+                inner: vec![acme],
+            }],
+        }],
+    );
+    assert_eq!(ids(&store, two_level).await, vec!["x1"], "two-level chain");
+    let has = query(
+        "ChPat",
+        vec![Clause::Has {
+            source_type: "ChObs".into(),
+            param: "subject".into(),
+            inner: vec![Clause::Token {
+                param: "code".into(),
+                any: vec![TokenMatch {
+                    system: None,
+                    code: Some("bp".into()),
+                }],
+            }],
+        }],
+    );
+    assert_eq!(ids(&store, has).await, vec!["p2"], "_has");
+    // a deleted target no longer satisfies a chain
+    let mut tx = store.begin().await.unwrap();
+    let mut del = new_version("ChOrg", "o1", 2, Some(1), "");
+    del.body = None;
+    tx.put(del).await.unwrap();
+    tx.commit().await.unwrap();
+    let chain = query(
+        "ChPat",
+        vec![Clause::Chain {
+            param: "organization".into(),
+            target_types: vec![],
+            inner: vec![Clause::Id(vec!["o1".into()])],
+        }],
+    );
+    assert!(ids(&store, chain).await.is_empty());
+}
+
+pub async fn sorting_and_keyset_paging(store: Arc<dyn Store>) {
+    put_all(
+        &store,
+        vec![
+            ("SortA", "a", vec![date("date", 300, 300)]),
+            ("SortA", "b", vec![date("date", 100, 100)]),
+            ("SortA", "c", vec![]),
+            (
+                "SortA",
+                "d",
+                vec![date("date", 200, 200), date("date", 400, 400)],
+            ),
+            ("SortA", "e", vec![date("date", 100, 100)]),
+        ],
+    )
+    .await;
+    let sorted = |desc: bool| {
+        let mut q = SearchQuery::new("SortA");
+        q.sort = vec![SortKey {
+            field: SortField::Param {
+                param: "date".into(),
+                kind: IndexKind::Date,
+            },
+            descending: desc,
+        }];
+        q
+    };
+    let order = |q: SearchQuery| {
+        let store = store.clone();
+        async move {
+            store
+                .search(&q)
+                .await
+                .unwrap()
+                .entries
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        order(sorted(false)).await,
+        vec!["b", "e", "d", "a", "c"],
+        "ascending by smallest value, ties by id, missing last"
+    );
+    assert_eq!(
+        order(sorted(true)).await,
+        vec!["d", "a", "b", "e", "c"],
+        "descending by largest value, missing last"
+    );
+    // walk pages of 2 forwards, inserting and deleting between requests
+    let mut q = sorted(false);
+    q.count = 2;
+    let p1 = store.search(&q).await.unwrap();
+    assert!(p1.more && !p1.before);
+    put_all(&store, vec![("SortA", "f", vec![date("date", 50, 50)])]).await; // sorts before the cursor
+    let mut del = new_version("SortA", "a", 2, Some(1), "");
+    del.body = None;
+    let mut tx = store.begin().await.unwrap();
+    tx.put(del).await.unwrap();
+    tx.commit().await.unwrap();
+    q.page = Page::After(p1.last_cursor.clone().unwrap());
+    let p2 = store.search(&q).await.unwrap();
+    let p2_ids: Vec<_> = p2.entries.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        p2_ids,
+        vec!["d", "c"],
+        "no duplicate, no gap among unchanged resources"
+    );
+    assert!(!p2.more && p2.before);
+    // previous page from p2 goes back to the start (now including the new one)
+    q.page = Page::Before(p2.first_cursor.clone().unwrap());
+    let back: Vec<_> = store
+        .search(&q)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(back, vec!["b", "e"]);
+    q.page = Page::Last;
+    let last: Vec<_> = store
+        .search(&q)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(last, vec!["d", "c"]);
+    // _count=0 with a total
+    let mut q = sorted(false);
+    q.count = 0;
+    q.with_total = true;
+    let p = store.search(&q).await.unwrap();
+    assert_eq!((p.entries.len(), p.total), (0, Some(5)));
+}
+
+pub async fn include_lookups(store: Arc<dyn Store>) {
+    put_all(
+        &store,
+        vec![
+            ("IncP", "p", vec![]),
+            ("IncE", "e1", vec![refrow("patient", "IncP", "p")]),
+            (
+                "IncE",
+                "e2",
+                vec![
+                    refrow("patient", "IncP", "p"),
+                    refrow("other", "IncP", "zz"),
+                ],
+            ),
+        ],
+    )
+    .await;
+    let keys = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let mut out = store
+        .references_from(&keys(&[("IncE", "e2")]), Some("patient"))
+        .await
+        .unwrap();
+    out.sort();
+    assert_eq!(out, keys(&[("IncP", "p")]));
+    assert_eq!(
+        store
+            .references_from(&keys(&[("IncE", "e2")]), None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let mut back = store
+        .references_to(&keys(&[("IncP", "p")]), Some("IncE"), Some("patient"))
+        .await
+        .unwrap();
+    back.sort();
+    assert_eq!(back, keys(&[("IncE", "e1"), ("IncE", "e2")]));
+    let many = store
+        .read_many(&keys(&[("IncE", "e1"), ("IncP", "p"), ("IncP", "nope")]))
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 2);
 }
 
 pub async fn create_read_vread(store: Arc<dyn Store>) {

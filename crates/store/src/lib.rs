@@ -64,6 +64,26 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreTx::commit`]; dropping it without committing rolls everything back.
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
 
+    /// Current (non-deleted) versions of the given resources; missing ones are skipped.
+    async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>>;
+
+    /// Targets (`type`, `id`) referenced by the given resources through `param` (any
+    /// reference parameter when `None`). For `_include`.
+    async fn references_from(
+        &self,
+        sources: &[(String, String)],
+        param: Option<&str>,
+    ) -> Result<Vec<(String, String)>>;
+
+    /// Current resources of `source_type` (any when `None`) referencing one of
+    /// `targets` through `param` (any when `None`). For `_revinclude`.
+    async fn references_to(
+        &self,
+        targets: &[(String, String)],
+        source_type: Option<&str>,
+        param: Option<&str>,
+    ) -> Result<Vec<(String, String)>>;
+
     /// Number of current (non-deleted) resources per type, for `/metadata` and stats.
     async fn counts(&self) -> Result<Vec<(String, u64)>>;
 }

@@ -379,6 +379,71 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteTx { conn, open: true }))
     }
 
+    async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>> {
+        let conn = self.reader()?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (t, id) in keys {
+            if let Some(r) = read_latest(&conn, t, id)? {
+                if !r.is_deleted() {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn references_from(
+        &self,
+        sources: &[(String, String)],
+        param: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT target_type, target_id FROM idx_reference WHERE rtype = ?1 AND id = ?2 \
+                 AND (?3 IS NULL OR param = ?3) AND target_type IS NOT NULL",
+            )
+            .map_err(db_err)?;
+        let mut out = vec![];
+        for (t, id) in sources {
+            let rows = st
+                .query_map(params![t, id, param], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err)?;
+            for row in rows {
+                out.push(row.map_err(db_err)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn references_to(
+        &self,
+        targets: &[(String, String)],
+        source_type: Option<&str>,
+        param: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT x.rtype, x.id FROM idx_reference x \
+                 WHERE x.target_type = ?1 AND x.target_id = ?2 \
+                 AND (?3 IS NULL OR x.rtype = ?3) AND (?4 IS NULL OR x.param = ?4)",
+            )
+            .map_err(db_err)?;
+        let mut out = vec![];
+        for (t, id) in targets {
+            let rows = st
+                .query_map(params![t, id, source_type, param], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                out.push(row.map_err(db_err)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn counts(&self) -> Result<Vec<(String, u64)>> {
         let r = self.reader()?;
         let mut st = r

@@ -336,7 +336,9 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
             q.push(")");
         }
         Clause::Any(cs) => {
+            q.push("(");
             or_each(q, cs, |q, c| clause(q, c, a, types));
+            q.push(")");
         }
         Clause::Chain {
             param,
@@ -360,8 +362,9 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
                 q.push(")");
             }
             for c in inner {
-                q.push(" AND ");
+                q.push(" AND (");
                 clause(q, c, &t, target_types);
+                q.push(")");
             }
             q.push(")))");
         }
@@ -382,8 +385,9 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
             q.text_arg(param);
             let src = vec![source_type.clone()];
             for c in inner {
-                q.push(" AND ");
+                q.push(" AND (");
                 clause(q, c, &s, &src);
+                q.push(")");
             }
             q.push(")");
         }
@@ -511,8 +515,9 @@ fn inner(q: &SearchQuery) -> Q {
         vec![q.rtype.clone()]
     };
     for c in &q.clauses {
-        s.push(" AND ");
+        s.push(" AND (");
         clause(&mut s, c, "r", &types);
+        s.push(")");
     }
     s
 }
@@ -579,6 +584,9 @@ pub(crate) fn run(conn: &rusqlite::Connection, q: &SearchQuery) -> crate::Result
         s.arg(Sql::Integer(q.offset as i64));
     }
     let nkeys = q.sort.len();
+    if std::env::var_os("SALUS_DEBUG_SQL").is_some() {
+        eprintln!("SQL {} {:?}", s.text, s.args);
+    }
     let mut st = conn.prepare_cached(&s.text).map_err(db_err)?;
     let mut rows: Vec<(VersionRecord, Cursor)> = st
         .query_map(rusqlite::params_from_iter(s.args.iter()), |row| {

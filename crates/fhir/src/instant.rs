@@ -1,7 +1,7 @@
-//! FHIR instants and dateTimes as used by the service (`meta.lastUpdated`, `_since`, `_at`).
+//! FHIR instants, dates and dateTimes as time ranges (`meta.lastUpdated`, `_since`, `_at`, date search).
 
-use time::format_description::well_known::Rfc3339;
-use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+use ::time::format_description::well_known::Rfc3339;
+use ::time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 /// Current time in microseconds since the epoch, truncated to milliseconds
 /// (the precision `meta.lastUpdated` is written with).
