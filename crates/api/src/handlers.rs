@@ -99,8 +99,18 @@ fn write_response(out: WriteOutcome, headers: &HeaderMap, fmt: Format, base: &st
     version_response(&out.record, status, prefer_return(headers), fmt, base, true)
 }
 
-pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    metadata(State(state), headers, RawQuery(None)).await
+/// `GET [base]`: a system-level search when there are parameters (`?_type=…`),
+/// otherwise the CapabilityStatement.
+pub async fn root(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let p = pairs(&q);
+    if p.iter().all(|(k, _)| k == "_format" || k == "_pretty") {
+        return metadata(State(state), headers, RawQuery(q)).await;
+    }
+    run_search(&state, "", p, &headers).await
 }
 
 pub async fn metadata(
@@ -502,13 +512,46 @@ pub async fn conditional_delete(
     Ok(delete_response(deleted, &headers))
 }
 
+/// `Prefer: handling=strict` (R4 search.html#errors); lenient otherwise.
+fn strict_handling(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split([',', ';']).any(|p| p.trim() == "handling=strict"))
+    })
+}
+
 async fn run_search(state: &AppState, rtype: &str, p: Pairs, headers: &HeaderMap) -> ApiResult {
     let fmt = response_format(headers, &p)?;
     let base = base_url(state, headers);
-    let (req, page) = state.service.search(rtype, &p).await?;
+    let result = state
+        .service
+        .search(rtype, &p, strict_handling(headers))
+        .await?;
     Ok(json_response(
         StatusCode::OK,
-        &searchset(&base, &req, &page),
+        &searchset(&base, rtype, &result),
+        fmt,
+    ))
+}
+
+/// `GET [base]/Patient/[id]/[type]?…`: search inside a patient's compartment.
+pub async fn search_compartment(
+    State(state): State<AppState>,
+    Path((ctype, id, rtype)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let p = pairs(&q);
+    let fmt = response_format(&headers, &p)?;
+    let base = base_url(&state, &headers);
+    let result = state
+        .service
+        .search_compartment(&ctype, &id, &rtype, &p, strict_handling(&headers))
+        .await?;
+    let path = format!("{ctype}/{id}/{rtype}");
+    Ok(json_response(
+        StatusCode::OK,
+        &searchset(&base, &path, &result),
         fmt,
     ))
 }

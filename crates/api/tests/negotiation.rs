@@ -133,10 +133,10 @@ async fn pretty_printing() {
     let s = app.get("/Patient?_pretty=true").await.expect(200);
     assert!(s.text.contains('\n'));
     let e = app
-        .get("/Patient?_pretty=true&name=x")
+        .get("/Patient?_pretty=true&birthdate=notadate")
         .await
         .expect_outcome(400);
-    assert!(e.text.contains("name"));
+    assert!(e.text.contains("birthdate"));
 }
 
 #[tokio::test]

@@ -240,13 +240,51 @@ async fn summary_and_elements_in_search() {
 }
 
 #[tokio::test]
-async fn unsupported_parameters_are_400() {
+async fn strict_and_lenient_handling() {
     let app = app();
     app.create(&patient("urn:s", "1")).await;
-    let r = app.get("/Patient?name=Test").await.expect_outcome(400);
-    assert!(r.text.contains("name"), "{}", r.text);
-    app.get("/Patient?nonsense=1").await.expect_outcome(400);
-    app.get("/Patient?identifier:text=x")
+    let strict = [("prefer", "handling=strict")];
+    // strict: unknown parameters and unsupported modifiers are 400
+    let r = app
+        .req("GET", "/Patient?nonsense=1", &strict, None)
+        .await
+        .expect_outcome(400);
+    assert!(r.text.contains("nonsense"), "{}", r.text);
+    app.req("GET", "/Patient?identifier:below=x", &strict, None)
+        .await
+        .expect_outcome(400);
+    // lenient (the default): ignored, reported in an outcome entry, left out of `self`
+    let b = app
+        .get("/Patient?nonsense=1&identifier=urn:s|1")
+        .await
+        .expect(200)
+        .json;
+    let entries = b["entry"].as_array().unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .count(),
+        1
+    );
+    let outcome = entries
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .unwrap();
+    assert!(outcome["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("nonsense"));
+    let self_link = b["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "self")
+        .unwrap();
+    assert!(!self_link["url"].as_str().unwrap().contains("nonsense"));
+    assert!(self_link["url"].as_str().unwrap().contains("identifier"));
+    // malformed values of known parameters are errors in either mode
+    app.get("/Patient?birthdate=yesterday")
         .await
         .expect_outcome(400);
     app.get("/NotAType?_id=1").await.expect_outcome(404);

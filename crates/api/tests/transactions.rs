@@ -289,7 +289,7 @@ async fn conditional_references_are_resolved() {
         "transaction",
         vec![post(
             "urn:uuid:22222222-0000-0000-0000-000000000005",
-            observation("Patient?name=x"),
+            observation("Patient?nonsense=x"),
         )],
     );
     app.post("/", &b).await.expect_outcome(400);

@@ -210,20 +210,3 @@ funcs! {
     MemberOf = "memberOf" (1, 1),
     Comparable = "comparable" (1, 1),
 }
-
-impl Func {
-    /// Functions whose arguments are evaluated per input item (with `$this`), or lazily.
-    pub fn lambda_args(self) -> bool {
-        matches!(
-            self,
-            Func::Exists
-                | Func::All
-                | Func::Where
-                | Func::Select
-                | Func::Repeat
-                | Func::Iif
-                | Func::Trace
-                | Func::Aggregate
-        )
-    }
-}

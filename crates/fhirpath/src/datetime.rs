@@ -200,7 +200,10 @@ fn num(s: &[u8], i: usize, n: usize) -> Option<u32> {
     if !part.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(part.iter().fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0')))
+    Some(
+        part.iter()
+            .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0')),
+    )
 }
 
 /// Parse `hh(:mm(:ss(.f+)?)?)?` at `s[i..]`; returns the time and the index after it.
@@ -727,7 +730,10 @@ mod tests {
         assert!(DateTime::parse_datetime("2015-02-04T25:00").is_none());
         assert!(DateTime::parse_datetime("2015-02-04T10:00+15:00").is_none());
         assert!(DateTime::parse_date("2015-02-04T10").is_none());
-        assert_eq!(Time::parse("14:34:28.123").unwrap().to_string(), "14:34:28.123");
+        assert_eq!(
+            Time::parse("14:34:28.123").unwrap().to_string(),
+            "14:34:28.123"
+        );
         assert!(Time::parse("14:34Z").is_none());
     }
 
@@ -750,7 +756,10 @@ mod tests {
             dt("2012-04-15T15:00:00Z").compare(&dt("2012-04-15T10:00:00")),
             None
         );
-        assert_eq!(dt("1974-12-25").compare(&dt("2020-01-01T10:00:00Z")), Some(Less));
+        assert_eq!(
+            dt("1974-12-25").compare(&dt("2020-01-01T10:00:00Z")),
+            Some(Less)
+        );
         let t = |s| Time::parse(s).unwrap();
         assert_eq!(t("10").compare(&t("10:30")), None);
         assert_eq!(t("10:30:00").compare(&t("10:30:00.0")), Some(Equal));

@@ -14,9 +14,8 @@ use std::sync::{Arc, LazyLock};
 
 /// A custom function: `(input collection, evaluated arguments) -> result`. Arguments are
 /// evaluated against the same focus as the call (not per input item).
-pub type CustomFn = dyn for<'a> Fn(&[Item<'a>], &[Vec<Item<'a>>]) -> Result<Vec<Item<'a>>, EvalError>
-    + Send
-    + Sync;
+pub type CustomFn =
+    dyn for<'a> Fn(&[Item<'a>], &[Vec<Item<'a>>]) -> Result<Vec<Item<'a>>, EvalError> + Send + Sync;
 
 /// Resolves a reference (`Patient/123`, an absolute URL, `urn:uuid:...`) that `resolve()`
 /// could not find inside the resource or Bundle being evaluated.
@@ -24,10 +23,12 @@ pub type ResolverFn = dyn Fn(&str) -> Option<Arc<Json>> + Send + Sync;
 
 /// `memberOf(valueSetUrl)` hook: given a `code`/`Coding`/`CodeableConcept` (or string) item
 /// and the value set URL, `Some(answer)` or `None` when unknown.
-pub type MemberOfFn = dyn for<'a> Fn(&Item<'a>, &str) -> Result<Option<bool>, EvalError> + Send + Sync;
+pub type MemberOfFn =
+    dyn for<'a> Fn(&Item<'a>, &str) -> Result<Option<bool>, EvalError> + Send + Sync;
 
 /// `conformsTo(profileUrl)` hook for profiles other than the core resource definitions.
-pub type ConformsToFn = dyn for<'a> Fn(&Item<'a>, &str) -> Result<Option<bool>, EvalError> + Send + Sync;
+pub type ConformsToFn =
+    dyn for<'a> Fn(&Item<'a>, &str) -> Result<Option<bool>, EvalError> + Send + Sync;
 
 /// `trace(name)` sink: the name and the traced items.
 pub type TraceFn = dyn for<'a> Fn(&str, &[Item<'a>]) + Send + Sync;

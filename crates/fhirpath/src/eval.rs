@@ -46,7 +46,10 @@ pub(crate) struct Scope<'s, 'a> {
     pub total: Option<&'s [Item<'a>]>,
 }
 
-pub(crate) fn single<'x, 'a>(items: &'x [Item<'a>], what: &str) -> Result<Option<&'x Item<'a>>, EvalError> {
+pub(crate) fn single<'x, 'a>(
+    items: &'x [Item<'a>],
+    what: &str,
+) -> Result<Option<&'x Item<'a>>, EvalError> {
     match items.len() {
         0 => Ok(None),
         1 => Ok(Some(&items[0])),
@@ -106,9 +109,10 @@ pub(crate) fn matches_type(item: &Item<'_>, spec: &TypeSpec) -> bool {
         }
         Val::Type(_) => false,
         _ => match spec {
-            TypeSpec::Any { system: Some(s), .. } | TypeSpec::System(s) => {
-                *s == SystemType::Any || system_type_of(item) == Some(*s)
+            TypeSpec::Any {
+                system: Some(s), ..
             }
+            | TypeSpec::System(s) => *s == SystemType::Any || system_type_of(item) == Some(*s),
             _ => false,
         },
     }
@@ -243,7 +247,9 @@ impl<'a> Evaluator<'a> {
                     return Ok(Vec::new());
                 };
                 Ok(match item.prim() {
-                    Some(Prim::Integer(i)) => i.checked_neg().map(Item::integer).into_iter().collect(),
+                    Some(Prim::Integer(i)) => {
+                        i.checked_neg().map(Item::integer).into_iter().collect()
+                    }
                     Some(Prim::Decimal(d)) => vec![Item::decimal(-d)],
                     Some(Prim::Quantity(q)) => {
                         vec![Item::quantity(Quantity::new(-q.value, q.unit.clone()))]
@@ -339,38 +345,20 @@ impl<'a> Evaluator<'a> {
         let m = model();
         let name = &*id.name;
         let info = m.ty(n.ty);
-        let unknown = |this: &Self| -> Result<(), EvalError> {
-            if let Some(tf) = &id.type_filter {
-                if matches_type(item, tf) {
-                    out.push(item.clone());
-                    return Ok(());
-                }
-            }
-            if this.env.strict {
-                return Err(EvalError::UnknownElement {
-                    type_name: info.name.to_string(),
-                    name: name.to_string(),
-                });
-            }
-            Ok(())
-        };
         match info.kind {
             Kind::Primitive => {
                 let Some(ext) = &n.ext else {
                     return match name {
                         "extension" | "id" => Ok(()),
-                        _ => unknown(self),
+                        _ => self.unknown_child(item, info.name, id, out),
                     };
                 };
                 match name {
-                    "extension" => push_json(
-                        out,
-                        ext.map(|j| j.get("extension")),
-                        None,
-                        m.extension_ty,
-                    ),
+                    "extension" => {
+                        push_json(out, ext.map(|j| j.get("extension")), None, m.extension_ty)
+                    }
                     "id" => push_json(out, ext.map(|j| j.get("id")), None, m.string_ty),
-                    _ => unknown(self)?,
+                    _ => self.unknown_child(item, info.name, id, out)?,
                 }
                 Ok(())
             }
@@ -398,7 +386,7 @@ impl<'a> Evaluator<'a> {
                     // Not an element name: a type filter (`Patient.name`), or in lenient
                     // mode a JSON key (`valueQuantity`, unknown content).
                     if id.type_filter.is_some() || self.env.strict {
-                        return unknown(self);
+                        return self.unknown_child(item, info.name, id, out);
                     }
                     if let Some(c) = v.map(|j| j.get(name)) {
                         let ty = m.key_ty(n.ty, name).unwrap_or(UNKNOWN);
@@ -440,6 +428,30 @@ impl<'a> Evaluator<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// A name that is not an element of the node's type: a type filter (`Patient.name`),
+    /// an error in strict mode, nothing otherwise.
+    fn unknown_child(
+        &self,
+        item: &Item<'a>,
+        type_name: &str,
+        id: &Ident,
+        out: &mut Vec<Item<'a>>,
+    ) -> Result<(), EvalError> {
+        if let Some(tf) = &id.type_filter {
+            if matches_type(item, tf) {
+                out.push(item.clone());
+                return Ok(());
+            }
+        }
+        if self.env.strict {
+            return Err(EvalError::UnknownElement {
+                type_name: type_name.to_string(),
+                name: id.name.to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn binary(&self, op: BinOp, l: &Node, r: &Node, scope: &Scope<'_, 'a>) -> R<'a> {
@@ -630,9 +642,7 @@ fn arithmetic<'a>(op: BinOp, x: &Item<'a>, y: &Item<'a>) -> R<'a> {
         (BinOp::Add, P::Integer(p), P::Integer(q)) => some(p.checked_add(*q).map(Item::integer)),
         (BinOp::Sub, P::Integer(p), P::Integer(q)) => some(p.checked_sub(*q).map(Item::integer)),
         (BinOp::Mul, P::Integer(p), P::Integer(q)) => some(p.checked_mul(*q).map(Item::integer)),
-        (BinOp::IntDiv, P::Integer(p), P::Integer(q)) => {
-            some(p.checked_div(*q).map(Item::integer))
-        }
+        (BinOp::IntDiv, P::Integer(p), P::Integer(q)) => some(p.checked_div(*q).map(Item::integer)),
         (BinOp::Mod, P::Integer(p), P::Integer(q)) => some(p.checked_rem(*q).map(Item::integer)),
         (BinOp::Add, P::String(p), P::String(q)) => {
             let mut s = String::with_capacity(p.len() + q.len());
@@ -640,11 +650,7 @@ fn arithmetic<'a>(op: BinOp, x: &Item<'a>, y: &Item<'a>) -> R<'a> {
             s.push_str(q);
             Ok(vec![Item::string(s)])
         }
-        (
-            BinOp::Add | BinOp::Sub,
-            P::Date(d) | P::DateTime(d),
-            P::Quantity(q),
-        ) => {
+        (BinOp::Add | BinOp::Sub, P::Date(d) | P::DateTime(d), P::Quantity(q)) => {
             let Some(unit) = q.time_unit() else {
                 return Err(EvalError::type_err(format!(
                     "'{}' is not a time unit",

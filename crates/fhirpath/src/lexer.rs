@@ -212,9 +212,9 @@ impl Lexer<'_> {
                 self.pos += 1;
                 match self.peek() {
                     Some(c) if is_ident_start(c) => {
-                        let name = self.ident_text();
-                        match name {
-                            "this" | "index" | "total" => Ok(Tok::Special(name.to_string())),
+                        let name = self.ident_text().to_string();
+                        match name.as_str() {
+                            "this" | "index" | "total" => Ok(Tok::Special(name)),
                             _ => self.err(format!("unknown special variable '${name}'"), start),
                         }
                     }
@@ -452,7 +452,7 @@ mod tests {
     #[test]
     fn string_escapes() {
         assert_eq!(
-            toks(r"'\\\/\f\r\n\t\"\`\'\u002a'"),
+            toks(r#"'\\\/\f\r\n\t\"\`\'\u002a'"#),
             vec![Tok::Str("\\/\u{c}\r\n\t\"`'*".into()), Tok::Eof]
         );
         assert!(tokenize("'abc").is_err());

@@ -217,11 +217,7 @@ fn build() -> Model {
                 continue;
             };
             let choice = e.is_choice();
-            let name: &'static str = if choice {
-                &seg[..seg.len() - 3]
-            } else {
-                seg
-            };
+            let name: &'static str = if choice { &seg[..seg.len() - 3] } else { seg };
             let mut variants = Vec::new();
             if let Some(r) = e.content_reference {
                 if let Some(&ty) = backbone_ty.get(r).or_else(|| by_name.get(r)) {
@@ -246,8 +242,7 @@ fn build() -> Model {
                         name
                     };
                     let primitive = tys[ty as usize].kind == Kind::Primitive;
-                    let ext_key =
-                        (primitive && !e.is_attribute).then(|| leak(format!("_{key}")));
+                    let ext_key = (primitive && !e.is_attribute).then(|| leak(format!("_{key}")));
                     variants.push(Variant { key, ext_key, ty });
                 }
             }
@@ -313,11 +308,6 @@ impl Model {
     pub fn key_ty(&self, ty: TyId, key: &str) -> Option<TyId> {
         let ctx = self.ty(ty).ctx?;
         self.ctxs[ctx as usize].keys.get(key).copied()
-    }
-
-    /// Whether values of `ty` have named children the model knows.
-    pub fn has_ctx(&self, ty: TyId) -> bool {
-        self.ty(ty).ctx.is_some()
     }
 }
 

@@ -274,10 +274,18 @@ fn atom(code: &str) -> Option<(Decimal, Dims, bool)> {
         "cd" => (d("1"), dims(&[(LUM, 1)]), true),
         "mol" | "eq" | "osm" => (d("1"), dims(&[(N, 1)]), true),
         "kat" => (d("1"), dims(&[(N, 1), (T, -1)]), true),
-        "U" => (d("0.0000000166666666666666666667"), dims(&[(N, 1), (T, -1)]), true),
+        "U" => (
+            d("0.0000000166666666666666666667"),
+            dims(&[(N, 1), (T, -1)]),
+            true,
+        ),
         "[iU]" | "[IU]" => (d("1"), dims(&[(ARB, 1)]), true),
         "sr" => (d("1"), dims(&[(ANG, 2)]), true),
-        "deg" => (d("0.0174532925199432957692369077"), dims(&[(ANG, 1)]), false),
+        "deg" => (
+            d("0.0174532925199432957692369077"),
+            dims(&[(ANG, 1)]),
+            false,
+        ),
         "L" | "l" => (d("0.001"), dims(&[(L, 3)]), true),
         "ar" => (d("100"), dims(&[(L, 2)]), true),
         "t" => (d("1000000"), dims(&[(M, 1)]), true),
@@ -521,8 +529,8 @@ impl UcumParser<'_> {
                 while self.peek().is_some_and(|c| c.is_ascii_digit()) {
                     self.i += 1;
                 }
-                let n = Decimal::from_str(std::str::from_utf8(&self.s[start..self.i]).ok()?)
-                    .ok()?;
+                let n =
+                    Decimal::from_str(std::str::from_utf8(&self.s[start..self.i]).ok()?).ok()?;
                 let factor = if matches!(self.peek(), Some(b'*' | b'^')) {
                     self.i += 1;
                     let e = self.exponent()?;
@@ -624,10 +632,16 @@ mod tests {
         assert!(q("4", "g").equivalent(&q("4040", "mg")));
         assert_eq!(q("1", "m").equals(&q("100", "cm")), Some(true));
         assert_eq!(q("2", "h").equals(&q("120", "min")), Some(true));
-        assert_eq!(q("1", "kg").compare(&q("1", "[lb_av]")), Some(Ordering::Greater));
+        assert_eq!(
+            q("1", "kg").compare(&q("1", "[lb_av]")),
+            Some(Ordering::Greater)
+        );
         assert_eq!(q("1", "mg").equals(&q("1", "m")), None);
         assert_eq!(q("5", "mmol/L").equals(&q("0.005", "mol/L")), Some(true));
-        assert_eq!(q("1", "mm[Hg]").compare(&q("1", "Pa")), Some(Ordering::Greater));
+        assert_eq!(
+            q("1", "mm[Hg]").compare(&q("1", "Pa")),
+            Some(Ordering::Greater)
+        );
         assert_eq!(q("1", "10*3/uL").equals(&q("1000000", "/mL")), Some(true));
         assert_eq!(q("1", "Cel").equals(&q("1", "Cel")), Some(true));
         assert_eq!(q("1", "Cel").equals(&q("1", "K")), None);
@@ -637,7 +651,10 @@ mod tests {
     fn calendar_rules() {
         assert_eq!(q("7", "days").equals(&q("1", "week")), Some(true));
         assert_eq!(q("7", "days").equals(&q("1", "wk")), Some(true));
-        assert_eq!(q("6", "days").compare(&q("1", "week")), Some(Ordering::Less));
+        assert_eq!(
+            q("6", "days").compare(&q("1", "week")),
+            Some(Ordering::Less)
+        );
         assert_eq!(q("1", "year").equals(&q("1", "a")), None);
         assert_eq!(q("1", "year").equals(&q("12", "months")), Some(true));
         assert_eq!(q("1", "second").equals(&q("1", "s")), Some(true));
@@ -652,10 +669,16 @@ mod tests {
         assert_eq!(lin.equals(&q("2", "g/m")), Some(true));
         let one = q("1.0", "m").div(&q("1.0", "m")).unwrap();
         assert_eq!(one.unit.as_ref(), "1");
-        assert_eq!(q("1", "g").add(&q("500", "mg"), false).unwrap(), q("1.5", "g"));
+        assert_eq!(
+            q("1", "g").add(&q("500", "mg"), false).unwrap(),
+            q("1.5", "g")
+        );
         assert!(q("1", "g").add(&q("1", "m"), false).is_none());
         assert_eq!(
-            convert(&q("185", "[lb_av]"), "kg").unwrap().value.round_dp(2),
+            convert(&q("185", "[lb_av]"), "kg")
+                .unwrap()
+                .value
+                .round_dp(2),
             Decimal::from_str("83.91").unwrap()
         );
     }

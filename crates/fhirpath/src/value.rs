@@ -386,23 +386,6 @@ impl<'a> Item<'a> {
         }
     }
 
-    /// Whether this is a node of a complex (non-primitive) type or untyped JSON object.
-    pub(crate) fn is_complex_node(&self) -> bool {
-        match &self.0 {
-            Val::Node(n) => {
-                let t = model().ty(n.ty);
-                match t.kind {
-                    Kind::Primitive => false,
-                    Kind::Unknown => n.value.as_ref().is_some_and(|v| {
-                        matches!(v.get(), Json::Object(_) | Json::Array(_))
-                    }),
-                    _ => true,
-                }
-            }
-            _ => false,
-        }
-    }
-
     /// Render as FHIRPath `toString()` would (`None` for complex nodes).
     pub fn to_fhirpath_string(&self) -> Option<String> {
         Some(match self.prim()? {
@@ -492,11 +475,9 @@ fn node_prim<'x>(n: &'x Node<'_>) -> Option<Prim<'x>> {
                     .map(Prim::DateTime)
                     .unwrap_or(Prim::String(s)),
             ),
-            (PrimKind::Time, Json::String(s)) => Some(
-                Time::parse(s)
-                    .map(Prim::Time)
-                    .unwrap_or(Prim::String(s)),
-            ),
+            (PrimKind::Time, Json::String(s)) => {
+                Some(Time::parse(s).map(Prim::Time).unwrap_or(Prim::String(s)))
+            }
             (_, other) => json_prim(other),
         },
         None if t.quantity => {
@@ -720,7 +701,8 @@ mod tests {
 
     #[test]
     fn nodes_convert_by_fhir_type() {
-        let obs = json!({"resourceType": "Observation", "valueQuantity": {"value": 1.50, "code": "mg"}});
+        let obs =
+            json!({"resourceType": "Observation", "valueQuantity": {"value": 1.50, "code": "mg"}});
         let qty = obs.get("valueQuantity").unwrap();
         let item = Item::from_json_typed(qty, "Quantity");
         let q = item.as_quantity().unwrap();
@@ -742,11 +724,15 @@ mod tests {
         assert!(equivalent(&d("0.66666667"), &d("0.67")));
         assert!(!equivalent(&d("0.66666667"), &d("0.6")));
         assert_eq!(
-            decimal_div(Decimal::from(1), Decimal::from(3)).unwrap().to_string(),
+            decimal_div(Decimal::from(1), Decimal::from(3))
+                .unwrap()
+                .to_string(),
             "0.33333333"
         );
         assert_eq!(
-            decimal_div(Decimal::from(1), Decimal::from(2)).unwrap().to_string(),
+            decimal_div(Decimal::from(1), Decimal::from(2))
+                .unwrap()
+                .to_string(),
             "0.5"
         );
         assert_eq!(d("1.50").to_json().to_string(), "1.50");

@@ -356,14 +356,25 @@ impl FhirService {
             }
             (None, _) => {
                 let pairs = parse_pairs(e.query.as_deref().unwrap_or(""));
-                let req = crate::query::parse_search(
+                let plan = salus_search::parse(
                     &e.rtype,
                     &pairs,
-                    self.limits().default_count,
-                    self.limits().max_count,
+                    &salus_search::Options {
+                        default_count: self.limits().default_count,
+                        max_count: self.limits().max_count,
+                        strict: false,
+                    },
                 )?;
-                let page = tx.search(&req.query).await?;
-                let bundle = searchset(base, &req, &page);
+                let page = tx.search(&plan.query).await?;
+                let bundle = searchset(
+                    base,
+                    &e.rtype,
+                    &crate::SearchResult {
+                        plan,
+                        page,
+                        included: vec![],
+                    },
+                );
                 return Ok(json!({"resource": bundle, "response": {"status": status_line(200)}}));
             }
         };

@@ -14,6 +14,7 @@ mod import;
 mod index;
 mod query;
 pub mod response;
+mod search;
 mod service;
 pub mod shape;
 /// Re-exported: instants and date ranges live in `salus-fhir`.
@@ -24,7 +25,8 @@ pub use bundle::BundleKind;
 pub use error::status_line;
 pub use error::FhirError;
 pub use import::ImportFailure;
-pub use query::{parse_pairs, parse_search, SearchRequest};
+pub use query::parse_pairs;
+pub use search::SearchResult;
 pub use service::{FhirService, Limits, Return, WriteOutcome};
 
 pub type Result<T, E = FhirError> = std::result::Result<T, E>;

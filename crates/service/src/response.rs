@@ -1,11 +1,13 @@
 //! Building response Bundles and entries (searchset, history, batch/transaction entries).
 
 use crate::error::status_line;
-use crate::query::SearchRequest;
 use crate::shape;
 use crate::time;
 use crate::Return;
-use salus_store::{HistoryPage, SearchPage, VersionRecord};
+use crate::SearchResult;
+use salus_search::parse::encode_page;
+use salus_store::Page;
+use salus_store::{HistoryPage, VersionRecord};
 use serde_json::{json, Map, Value};
 
 /// Parse a stored resource body.
@@ -56,44 +58,78 @@ fn encode_pairs(pairs: &[(String, String)]) -> String {
     s.finish()
 }
 
-/// A `searchset` Bundle for a search page, with `self`/`next`/`previous` links.
-pub fn searchset(base: &str, req: &SearchRequest, page: &SearchPage) -> Value {
-    let q = &req.query;
-    let link = |offset: usize| {
-        let mut pairs: Vec<(String, String)> = req
+/// A `searchset` Bundle for a search page (R4 search.html#return, bundle.html#searchset):
+/// matches, included resources (`search.mode=include`), an OperationOutcome entry for
+/// ignored parameters, and `self`/`first`/`previous`/`next`/`last` links built from
+/// keyset cursors. `path` is what the search was made on (`Patient`,
+/// `Patient/1/Observation`, or empty for the base).
+pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
+    let plan = &result.plan;
+    let page = &result.page;
+    let q = &plan.query;
+    let link = |p: Option<&Page>| {
+        let mut pairs: Vec<(String, String)> = plan
             .applied
             .iter()
             .filter(|(k, _)| k != "_offset")
             .cloned()
             .collect();
-        if offset > 0 {
-            pairs.push(("_offset".into(), offset.to_string()));
+        if let Some(p) = p {
+            let token = encode_page(p);
+            if !token.is_empty() {
+                pairs.push(("_page".into(), token));
+            }
         }
         if !pairs.iter().any(|(k, _)| k == "_count") {
             pairs.push(("_count".into(), q.count.to_string()));
         }
-        format!("{base}/{}?{}", q.rtype, encode_pairs(&pairs))
+        let sep = if path.is_empty() { "" } else { "/" };
+        format!("{base}{sep}{path}?{}", encode_pairs(&pairs))
     };
-    let mut links = vec![json!({"relation": "self", "url": link(q.offset)})];
-    if page.more {
-        links.push(json!({"relation": "next", "url": link(q.offset + q.count)}));
+    let mut links = vec![json!({"relation": "self", "url": link(Some(&q.page))})];
+    if q.count > 0 {
+        links.push(json!({"relation": "first", "url": link(None)}));
+        if page.before {
+            if let Some(c) = &page.first_cursor {
+                links.push(
+                    json!({"relation": "previous", "url": link(Some(&Page::Before(c.clone())))}),
+                );
+            }
+        }
+        if page.more {
+            if let Some(c) = &page.last_cursor {
+                links.push(json!({"relation": "next", "url": link(Some(&Page::After(c.clone())))}));
+            }
+        }
+        links.push(json!({"relation": "last", "url": link(Some(&Page::Last))}));
     }
-    if q.offset > 0 {
-        links.push(json!({"relation": "previous", "url": link(q.offset.saturating_sub(q.count))}));
-    }
-    let entries: Vec<Value> = page
-        .entries
-        .iter()
-        .map(|r| {
-            let mut res = body_value(r);
-            shape::apply(&mut res, req.summary.as_deref(), req.elements.as_deref());
-            json!({
-                "fullUrl": format!("{base}/{}/{}", r.rtype, r.id),
-                "resource": res,
-                "search": {"mode": "match"}
-            })
+    let entry = |r: &VersionRecord, mode: &str| {
+        let mut res = body_value(r);
+        shape::apply(&mut res, plan.summary.as_deref(), plan.elements.as_deref());
+        json!({
+            "fullUrl": format!("{base}/{}/{}", r.rtype, r.id),
+            "resource": res,
+            "search": {"mode": mode}
         })
-        .collect();
+    };
+    let mut entries: Vec<Value> = page.entries.iter().map(|r| entry(r, "match")).collect();
+    entries.extend(result.included.iter().map(|r| entry(r, "include")));
+    if !plan.ignored.is_empty() {
+        let issues: Vec<salus_fhir::Issue> = plan
+            .ignored
+            .iter()
+            .map(|(k, why)| {
+                salus_fhir::Issue::warning(
+                    salus_fhir::IssueCode::NotSupported,
+                    format!("parameter '{k}' was ignored: {why}"),
+                )
+            })
+            .collect();
+        entries.push(json!({
+            "resource": salus_fhir::issue::operation_outcome(&issues),
+            "search": {"mode": "outcome"}
+        }));
+    }
     let mut b = Map::new();
     b.insert("resourceType".into(), "Bundle".into());
     b.insert("type".into(), "searchset".into());
@@ -101,7 +137,7 @@ pub fn searchset(base: &str, req: &SearchRequest, page: &SearchPage) -> Value {
         b.insert("total".into(), json!(t));
     }
     b.insert("link".into(), Value::Array(links));
-    if req.summary.as_deref() != Some("count") {
+    if plan.summary.as_deref() != Some("count") || !entries.is_empty() {
         b.insert("entry".into(), Value::Array(entries));
     }
     Value::Object(b)

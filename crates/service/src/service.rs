@@ -1,11 +1,10 @@
 //! The FHIR service: single-resource interactions and history.
 
-use crate::query::{parse_pairs, parse_search, SearchRequest};
+use crate::query::parse_pairs;
 use crate::{index, time, FhirError, Result};
 use salus_fhir::{defs, validate::validate_resource, Issue, IssueCode};
 use salus_store::{
-    HistoryPage, HistoryQuery, HistoryScope, Method, NewVersion, SearchPage, Store, StoreTx,
-    VersionRecord,
+    HistoryPage, HistoryQuery, HistoryScope, Method, NewVersion, Store, StoreTx, VersionRecord,
 };
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -296,10 +295,23 @@ pub(crate) async fn tx_match(
             "conditional operation on {rtype} needs search criteria"
         )));
     }
-    let mut req = parse_search(rtype, &pairs, limits.default_count, limits.max_count)?;
-    req.query.count = 2;
-    req.query.offset = 0;
-    Ok(tx.search(&req.query).await?.entries)
+    // Conditional operations parse strictly: an ignored criterion would match everything.
+    let options = salus_search::Options {
+        default_count: limits.default_count,
+        max_count: limits.max_count,
+        strict: true,
+    };
+    let mut plan = salus_search::parse(rtype, &pairs, &options)?;
+    if plan.query.clauses.is_empty() {
+        return Err(FhirError::invalid(format!(
+            "conditional criteria '{query}' hold no search parameter"
+        )));
+    }
+    plan.query.count = 2;
+    plan.query.offset = 0;
+    plan.query.page = Default::default();
+    plan.query.with_total = false;
+    Ok(tx.search(&plan.query).await?.entries)
 }
 
 /// Apply a JSON Patch (RFC 6902) document to a resource.
@@ -555,23 +567,6 @@ impl FhirService {
             }
         }
         .await)
-    }
-
-    /// `GET [type]?params` (the subset [`parse_search`] supports).
-    pub async fn search(
-        &self,
-        rtype: &str,
-        pairs: &[(String, String)],
-    ) -> Result<(SearchRequest, SearchPage)> {
-        ensure_type(rtype)?;
-        let req = parse_search(
-            rtype,
-            pairs,
-            self.limits.default_count,
-            self.limits.max_count,
-        )?;
-        let page = self.store.search(&req.query).await?;
-        Ok((req, page))
     }
 
     /// History at system, type or instance level with `_since`, `_at`, `_count`

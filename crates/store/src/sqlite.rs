@@ -308,7 +308,7 @@ fn history(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage> {
     if let Some(from) = q.current_from {
         filter.push_str(
             " AND NOT EXISTS (SELECT 1 FROM resource_versions n WHERE n.rtype = v.rtype \
-             AND n.id = v.id AND n.version = v.version + 1 AND n.last_updated < ?)",
+             AND n.id = v.id AND n.version = v.version + 1 AND n.last_updated <= ?)",
         );
         args.push(Sql::Integer(from));
     }
