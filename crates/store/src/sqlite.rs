@@ -59,34 +59,34 @@ CREATE TABLE resource_versions (
 CREATE INDEX rv_type_seq ON resource_versions (rtype, seq);
 CREATE INDEX rv_updated ON resource_versions (last_updated);
 CREATE TABLE resources (
+    rid INTEGER PRIMARY KEY,
     rtype TEXT NOT NULL,
     id TEXT NOT NULL,
     version INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     deleted INTEGER NOT NULL,
     last_updated INTEGER NOT NULL,
-    PRIMARY KEY (rtype, id)
-) WITHOUT ROWID;
-CREATE INDEX resources_type_seq ON resources (rtype, deleted, seq);
-CREATE TABLE idx_token (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT NOT NULL);
-CREATE INDEX idx_token_lookup ON idx_token (rtype, param, code, system);
-CREATE INDEX idx_token_owner ON idx_token (rtype, id);
-CREATE TABLE idx_string (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, normalized TEXT NOT NULL, exact TEXT NOT NULL);
-CREATE INDEX idx_string_lookup ON idx_string (rtype, param, normalized);
-CREATE INDEX idx_string_owner ON idx_string (rtype, id);
-CREATE TABLE idx_reference (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, target_type TEXT, target_id TEXT NOT NULL, version TEXT);
-CREATE INDEX idx_reference_lookup ON idx_reference (rtype, param, target_id, target_type);
+    UNIQUE (rtype, id)
+);
+CREATE TABLE idx_token (rtype TEXT NOT NULL, param TEXT NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (rtype, param, code, system, rid)) WITHOUT ROWID;
+CREATE INDEX idx_token_rid ON idx_token (rid);
+CREATE TABLE idx_string (rtype TEXT NOT NULL, param TEXT NOT NULL, normalized TEXT NOT NULL, exact TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (rtype, param, normalized, exact, rid)) WITHOUT ROWID;
+CREATE INDEX idx_string_rid ON idx_string (rid);
+CREATE TABLE idx_reference (rtype TEXT NOT NULL, param TEXT NOT NULL, target_id TEXT NOT NULL, target_type TEXT NOT NULL, version TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (rtype, param, target_id, target_type, version, rid)) WITHOUT ROWID;
 CREATE INDEX idx_reference_target ON idx_reference (target_type, target_id);
-CREATE INDEX idx_reference_owner ON idx_reference (rtype, id);
-CREATE TABLE idx_date (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL);
-CREATE INDEX idx_date_lookup ON idx_date (rtype, param, low, high);
-CREATE INDEX idx_date_owner ON idx_date (rtype, id);
-CREATE TABLE idx_number (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT);
-CREATE INDEX idx_number_lookup ON idx_number (rtype, param, value);
-CREATE INDEX idx_number_owner ON idx_number (rtype, id);
-CREATE TABLE idx_uri (rtype TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL);
-CREATE INDEX idx_uri_lookup ON idx_uri (rtype, param, uri);
-CREATE INDEX idx_uri_owner ON idx_uri (rtype, id);
+CREATE INDEX idx_reference_rid ON idx_reference (rid);
+CREATE TABLE idx_date (rtype TEXT NOT NULL, param TEXT NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (rtype, param, low, high, rid)) WITHOUT ROWID;
+CREATE INDEX idx_date_rid ON idx_date (rid);
+CREATE TABLE idx_number (rtype TEXT NOT NULL, param TEXT NOT NULL, value REAL NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (rtype, param, value, system, code, rid)) WITHOUT ROWID;
+CREATE INDEX idx_number_rid ON idx_number (rid);
+CREATE TABLE idx_uri (rtype TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (rtype, param, uri, rid)) WITHOUT ROWID;
+CREATE INDEX idx_uri_rid ON idx_uri (rid);
 "#];
 
 const INDEX_TABLES: &[&str] = &[
@@ -400,8 +400,8 @@ impl Store for SqliteStore {
         let conn = self.reader()?;
         let mut st = conn
             .prepare_cached(
-                "SELECT target_type, target_id FROM idx_reference WHERE rtype = ?1 AND id = ?2 \
-                 AND (?3 IS NULL OR param = ?3) AND target_type IS NOT NULL",
+                "SELECT x.target_type, x.target_id FROM resources r JOIN idx_reference x ON x.rid = r.rid \
+                 WHERE r.rtype = ?1 AND r.id = ?2 AND (?3 IS NULL OR x.param = ?3) AND x.target_type != ''",
             )
             .map_err(db_err)?;
         let mut out = vec![];
@@ -425,8 +425,8 @@ impl Store for SqliteStore {
         let conn = self.reader()?;
         let mut st = conn
             .prepare_cached(
-                "SELECT x.rtype, x.id FROM idx_reference x \
-                 WHERE x.target_type = ?1 AND x.target_id = ?2 \
+                "SELECT r.rtype, r.id FROM idx_reference x JOIN resources r ON r.rid = x.rid \
+                 WHERE x.target_type = ?1 AND x.target_id = ?2 AND r.deleted = 0 \
                  AND (?3 IS NULL OR x.rtype = ?3) AND (?4 IS NULL OR x.param = ?4)",
             )
             .map_err(db_err)?;
@@ -479,13 +479,14 @@ impl Drop for SqliteTx {
 impl SqliteTx {
     fn put_sync(&mut self, w: NewVersion) -> Result<()> {
         let conn: &Connection = &self.conn;
-        let found: Option<i64> = conn
-            .prepare_cached("SELECT version FROM resources WHERE rtype = ?1 AND id = ?2")
+        let found: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT version, rid FROM resources WHERE rtype = ?1 AND id = ?2")
             .map_err(db_err)?
-            .query_row(params![w.rtype, w.id], |r| r.get(0))
+            .query_row(params![w.rtype, w.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
             .optional()
             .map_err(db_err)?;
-        let found = found.map(|v| v as u64);
+        let rid = found.map(|f| f.1);
+        let found = found.map(|f| f.0 as u64);
         if found != w.expected_version {
             return Err(StoreError::VersionConflict {
                 rtype: w.rtype,
@@ -509,36 +510,52 @@ impl SqliteTx {
         ])
         .map_err(db_err)?;
         let seq = conn.last_insert_rowid();
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO resources (rtype, id, version, seq, deleted, last_updated) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .map_err(db_err)?
-        .execute(params![
-            w.rtype,
-            w.id,
-            w.version as i64,
-            seq,
-            w.body.is_none(),
-            w.last_updated
-        ])
-        .map_err(db_err)?;
-        if found.is_some() {
-            for table in INDEX_TABLES {
-                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rtype = ?1 AND id = ?2"))
-                    .map_err(db_err)?
-                    .execute(params![w.rtype, w.id])
-                    .map_err(db_err)?;
+        let rid = match rid {
+            Some(rid) => {
+                conn.prepare_cached(
+                    "UPDATE resources SET version = ?2, seq = ?3, deleted = ?4, last_updated = ?5 \
+                     WHERE rid = ?1",
+                )
+                .map_err(db_err)?
+                .execute(params![rid, w.version as i64, seq, w.body.is_none(), w.last_updated])
+                .map_err(db_err)?;
+                for table in INDEX_TABLES {
+                    conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
+                        .map_err(db_err)?
+                        .execute(params![rid])
+                        .map_err(db_err)?;
+                }
+                rid
             }
-        }
+            None => {
+                conn.prepare_cached(
+                    "INSERT INTO resources (rtype, id, version, seq, deleted, last_updated) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db_err)?
+                .execute(params![
+                    w.rtype,
+                    w.id,
+                    w.version as i64,
+                    seq,
+                    w.body.is_none(),
+                    w.last_updated
+                ])
+                .map_err(db_err)?;
+                conn.last_insert_rowid()
+            }
+        };
         if w.body.is_some() {
-            insert_index(conn, &w.rtype, &w.id, &w.index)?;
+            insert_index(conn, &w.rtype, rid, &w.index)?;
         }
         Ok(())
     }
 }
 
-fn insert_index(conn: &Connection, rtype: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
+/// Insert a resource's index rows. Absent systems, types and versions are stored as
+/// `''` (the tables' keys are NOT NULL); duplicates of a row are kept once.
+fn insert_index(conn: &Connection, rtype: &str, rid: i64, rows: &[IndexRow]) -> Result<()> {
+    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     for row in rows {
         match row {
             IndexRow::Token {
@@ -547,20 +564,20 @@ fn insert_index(conn: &Connection, rtype: &str, id: &str, rows: &[IndexRow]) -> 
                 code,
             } => conn
                 .prepare_cached(
-                    "INSERT INTO idx_token (rtype, id, param, system, code) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO idx_token (rtype, param, code, system, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(db_err)?
-                .execute(params![rtype, id, param, system, code]),
+                .execute(params![rtype, param, code, opt(system), rid]),
             IndexRow::String {
                 param,
                 normalized,
                 exact,
             } => conn
                 .prepare_cached(
-                    "INSERT INTO idx_string (rtype, id, param, normalized, exact) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO idx_string (rtype, param, normalized, exact, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(db_err)?
-                .execute(params![rtype, id, param, normalized, exact]),
+                .execute(params![rtype, param, normalized, exact, rid]),
             IndexRow::Reference {
                 param,
                 target_type,
@@ -568,16 +585,16 @@ fn insert_index(conn: &Connection, rtype: &str, id: &str, rows: &[IndexRow]) -> 
                 version,
             } => conn
                 .prepare_cached(
-                    "INSERT INTO idx_reference (rtype, id, param, target_type, target_id, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO idx_reference (rtype, param, target_id, target_type, version, rid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(db_err)?
-                .execute(params![rtype, id, param, target_type, target_id, version]),
+                .execute(params![rtype, param, target_id, opt(target_type), opt(version), rid]),
             IndexRow::Date { param, low, high } => conn
                 .prepare_cached(
-                    "INSERT INTO idx_date (rtype, id, param, low, high) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO idx_date (rtype, param, low, high, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(db_err)?
-                .execute(params![rtype, id, param, low, high]),
+                .execute(params![rtype, param, low, high, rid]),
             IndexRow::Number {
                 param,
                 value,
@@ -585,14 +602,16 @@ fn insert_index(conn: &Connection, rtype: &str, id: &str, rows: &[IndexRow]) -> 
                 code,
             } => conn
                 .prepare_cached(
-                    "INSERT INTO idx_number (rtype, id, param, value, system, code) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO idx_number (rtype, param, value, system, code, rid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(db_err)?
-                .execute(params![rtype, id, param, value, system, code]),
+                .execute(params![rtype, param, value, opt(system), opt(code), rid]),
             IndexRow::Uri { param, uri } => conn
-                .prepare_cached("INSERT INTO idx_uri (rtype, id, param, uri) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO idx_uri (rtype, param, uri, rid) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(db_err)?
-                .execute(params![rtype, id, param, uri]),
+                .execute(params![rtype, param, uri, rid]),
         }
         .map_err(db_err)?;
     }

@@ -45,30 +45,25 @@ pub(crate) fn table(kind: IndexKind) -> &'static str {
     }
 }
 
-/// Start `{a}.id IN (SELECT x.id FROM {table} x WHERE <type constraint> AND x.param = ? AND (`
+/// Start `{a}.rid IN (SELECT x.rid FROM {table} x WHERE <type constraint> AND x.param = ? AND (`
 /// — the caller appends the value condition and closes with `))`.
 fn open_lookup(q: &mut Q, a: &str, types: &[String], tbl: &str, x: &str, param: &str) {
+    q.push(&format!("{a}.rid IN (SELECT {x}.rid FROM {tbl} {x} WHERE "));
     match types {
         [one] => {
-            q.push(&format!(
-                "{a}.id IN (SELECT {x}.id FROM {tbl} {x} WHERE {x}.rtype = "
-            ));
+            q.push(&format!("{x}.rtype = "));
             q.text_arg(one);
         }
-        _ => {
-            q.push(&format!(
-                "({a}.rtype, {a}.id) IN (SELECT {x}.rtype, {x}.id FROM {tbl} {x} WHERE 1=1"
-            ));
-            if !types.is_empty() {
-                q.push(&format!(" AND {x}.rtype IN ("));
-                for (i, t) in types.iter().enumerate() {
-                    if i > 0 {
-                        q.push(",");
-                    }
-                    q.text_arg(t);
+        [] => q.push("1=1"),
+        many => {
+            q.push(&format!("{x}.rtype IN ("));
+            for (i, t) in many.iter().enumerate() {
+                if i > 0 {
+                    q.push(",");
                 }
-                q.push(")");
+                q.text_arg(t);
             }
+            q.push(")");
         }
     }
     q.push(&format!(" AND {x}.param = "));
@@ -215,7 +210,7 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
                 }
                 match &m.system {
                     None => {}
-                    Some(s) if s.is_empty() => q.push(&format!(" AND {x}.system IS NULL")),
+                    Some(s) if s.is_empty() => q.push(&format!(" AND {x}.system = ''")),
                     Some(s) => {
                         q.push(&format!(" AND {x}.system = "));
                         q.text_arg(s);
@@ -324,7 +319,7 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
             let x = q.alias("m");
             q.push(if *missing { "NOT EXISTS" } else { "EXISTS" });
             q.push(&format!(
-                " (SELECT 1 FROM {} {x} WHERE {x}.rtype = {a}.rtype AND {x}.id = {a}.id AND {x}.param = ",
+                " (SELECT 1 FROM {} {x} WHERE {x}.rid = {a}.rid AND {x}.param = ",
                 table(*kind)
             ));
             q.text_arg(param);
@@ -377,7 +372,7 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
             let s = q.alias("hs");
             q.push(&format!(
                 "({a}.rtype, {a}.id) IN (SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} \
-                 JOIN resources {s} ON {s}.rtype = {x}.rtype AND {s}.id = {x}.id AND {s}.deleted = 0 \
+                 JOIN resources {s} ON {s}.rid = {x}.rid AND {s}.deleted = 0 \
                  WHERE {x}.rtype = "
             ));
             q.text_arg(source_type);
@@ -414,7 +409,7 @@ fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
             // the parameter name is a literal from the server's own tables: quote it safely
             let p = param.replace('\'', "''");
             format!(
-                "(SELECT {agg}({x}.{col}) FROM {} {x} WHERE {x}.rtype = r.rtype AND {x}.id = r.id AND {x}.param = '{p}')",
+                "(SELECT {agg}({x}.{col}) FROM {} {x} WHERE {x}.rid = r.rid AND {x}.param = '{p}')",
                 table(*kind)
             )
         }
