@@ -212,7 +212,7 @@ fn configure(conn: &Connection, options: &SqliteOptions, reader: bool) -> Result
     };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY; \
-         PRAGMA cache_size=-32768; PRAGMA mmap_size=268435456;{}",
+         PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456; PRAGMA wal_autocheckpoint=16384;{}",
         if reader { " PRAGMA query_only=1;" } else { "" }
     ))
     .map_err(db_err)?;
