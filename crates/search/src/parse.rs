@@ -508,6 +508,11 @@ pub fn param_clause(types: &[String], key: &str, value: &str) -> Result<Clause, 
                                 system: Some(system.to_string()),
                                 code: Some(c.to_string()),
                             });
+                            // `code` elements are indexed without a system
+                            any.push(TokenMatch {
+                                system: Some(String::new()),
+                                code: Some(c.to_string()),
+                            });
                         }
                     }
                 }
@@ -1055,7 +1060,7 @@ mod tests {
             "gender:in=http://hl7.org/fhir/ValueSet/administrative-gender",
         )
         .unwrap();
-        assert!(matches!(&p.query.clauses[0], Clause::Token { any, .. } if any.len() == 4));
+        assert!(matches!(&p.query.clauses[0], Clause::Token { any, .. } if any.len() == 8));
         assert!(strict("Patient", "gender:in=http://example.org/unknown").is_err());
     }
 

@@ -482,7 +482,9 @@ impl SqliteTx {
         let found: Option<(i64, i64)> = conn
             .prepare_cached("SELECT version, rid FROM resources WHERE rtype = ?1 AND id = ?2")
             .map_err(db_err)?
-            .query_row(params![w.rtype, w.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .query_row(params![w.rtype, w.id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
             .optional()
             .map_err(db_err)?;
         let rid = found.map(|f| f.1);
@@ -510,41 +512,42 @@ impl SqliteTx {
         ])
         .map_err(db_err)?;
         let seq = conn.last_insert_rowid();
-        let rid = match rid {
-            Some(rid) => {
-                conn.prepare_cached(
+        let rid =
+            match rid {
+                Some(rid) => {
+                    conn.prepare_cached(
                     "UPDATE resources SET version = ?2, seq = ?3, deleted = ?4, last_updated = ?5 \
                      WHERE rid = ?1",
                 )
                 .map_err(db_err)?
                 .execute(params![rid, w.version as i64, seq, w.body.is_none(), w.last_updated])
                 .map_err(db_err)?;
-                for table in INDEX_TABLES {
-                    conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
-                        .map_err(db_err)?
-                        .execute(params![rid])
-                        .map_err(db_err)?;
+                    for table in INDEX_TABLES {
+                        conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
+                            .map_err(db_err)?
+                            .execute(params![rid])
+                            .map_err(db_err)?;
+                    }
+                    rid
                 }
-                rid
-            }
-            None => {
-                conn.prepare_cached(
-                    "INSERT INTO resources (rtype, id, version, seq, deleted, last_updated) \
+                None => {
+                    conn.prepare_cached(
+                        "INSERT INTO resources (rtype, id, version, seq, deleted, last_updated) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(db_err)?
-                .execute(params![
-                    w.rtype,
-                    w.id,
-                    w.version as i64,
-                    seq,
-                    w.body.is_none(),
-                    w.last_updated
-                ])
-                .map_err(db_err)?;
-                conn.last_insert_rowid()
-            }
-        };
+                    )
+                    .map_err(db_err)?
+                    .execute(params![
+                        w.rtype,
+                        w.id,
+                        w.version as i64,
+                        seq,
+                        w.body.is_none(),
+                        w.last_updated
+                    ])
+                    .map_err(db_err)?;
+                    conn.last_insert_rowid()
+                }
+            };
         if w.body.is_some() {
             insert_index(conn, &w.rtype, rid, &w.index)?;
         }

@@ -1,0 +1,398 @@
+//! Search on every kind of parameter through the router (R4 search.html): dates with
+//! precision, strings, tokens, references, quantities, modifiers, chains, `_has`,
+//! `_include`/`_revinclude`, `_sort`, keyset paging, compartments and system search.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn ids(bundle: &Value) -> Vec<String> {
+    let mut v: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn find(app: &App, url: &str) -> Vec<String> {
+    ids(&app.get(url).await.expect(200).json)
+}
+
+struct World {
+    org: String,
+    p1: String,
+    p2: String,
+    o1: String,
+    o2: String,
+    e1: String,
+}
+
+async fn world(app: &App) -> World {
+    let org = app
+        .create(&json!({"resourceType": "Organization", "name": "Acme Health"}))
+        .await;
+    let p1 = app
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Zoë", "given": ["Ann"]}],
+            "gender": "female", "birthDate": "1980-03-04",
+            "managingOrganization": {"reference": format!("Organization/{org}")}}),
+        )
+        .await;
+    let p2 = app
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Adams"}], "gender": "male"}),
+        )
+        .await;
+    let e1 = app
+        .create(&json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": format!("Patient/{p1}")},
+            "period": {"start": "2020-03-04T10:00:00Z", "end": "2020-03-04T11:00:00Z"}}))
+        .await;
+    let o1 = app
+        .create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "subject": {"reference": format!("Patient/{p1}")},
+            "encounter": {"reference": format!("Encounter/{e1}")},
+            "effectiveDateTime": "2020-03-04T10:00:00Z",
+            "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}))
+        .await;
+    let o2 = app
+        .create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7", "display": "Body weight"}]},
+            "subject": {"reference": format!("http://other.example/fhir/Patient/{p2}")},
+            "effectiveDateTime": "2021-06",
+            "valueQuantity": {"value": 80.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}))
+        .await;
+    World {
+        org,
+        p1,
+        p2,
+        o1,
+        o2,
+        e1,
+    }
+}
+
+#[tokio::test]
+async fn dates_follow_precision_and_prefixes() {
+    let app = app();
+    let w = world(&app).await;
+    assert_eq!(
+        find(&app, "/Observation?date=2020").await,
+        vec![w.o1.clone()],
+        "2020 contains 2020-03-04T10:00"
+    );
+    assert_eq!(
+        find(&app, "/Observation?date=2020-03-04").await,
+        vec![w.o1.clone()]
+    );
+    assert!(find(&app, "/Observation?date=2020-03-05").await.is_empty());
+    assert_eq!(
+        find(&app, "/Observation?date=ge2021-01-01").await,
+        vec![w.o2.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?date=lt2021").await,
+        vec![w.o1.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?date=ne2020").await,
+        vec![w.o2.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?date=sa2020-12-31").await,
+        vec![w.o2.clone()],
+        "2021-06 starts after"
+    );
+    assert_eq!(
+        find(&app, "/Observation?date=eb2021").await,
+        vec![w.o1.clone()]
+    );
+    // a period
+    assert_eq!(
+        find(&app, "/Encounter?date=2020-03-04").await,
+        vec![w.e1.clone()]
+    );
+    assert!(find(&app, "/Encounter?date=2020-03-04T12:00:00Z")
+        .await
+        .is_empty());
+    // several dates ANDed make a range
+    assert_eq!(
+        find(&app, "/Observation?date=ge2020-01-01&date=lt2020-12-31").await,
+        vec![w.o1.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Patient?birthdate=1980").await,
+        vec![w.p1.clone()]
+    );
+}
+
+#[tokio::test]
+async fn strings_tokens_quantities_and_modifiers() {
+    let app = app();
+    let w = world(&app).await;
+    assert_eq!(
+        find(&app, "/Patient?family=zoe").await,
+        vec![w.p1.clone()],
+        "accent- and case-insensitive prefix"
+    );
+    assert_eq!(
+        find(&app, "/Patient?name=an").await,
+        vec![w.p1.clone()],
+        "given names count"
+    );
+    assert_eq!(
+        find(&app, "/Patient?family:exact=Zoë").await,
+        vec![w.p1.clone()]
+    );
+    assert!(find(&app, "/Patient?family:exact=zoe").await.is_empty());
+    assert_eq!(
+        find(&app, "/Patient?family:contains=dam").await,
+        vec![w.p2.clone()]
+    );
+    assert_eq!(find(&app, "/Patient?gender=female,male").await.len(), 2);
+    assert_eq!(
+        find(&app, "/Patient?gender:not=male").await,
+        vec![w.p1.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?code=http://loinc.org|8867-4").await,
+        vec![w.o1.clone()]
+    );
+    assert!(
+        find(&app, "/Observation?code=http://snomed.info/sct|8867-4")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        find(&app, "/Observation?code:text=heart").await,
+        vec![w.o1.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?value-quantity=gt75").await,
+        vec![w.o2.clone()]
+    );
+    assert_eq!(
+        find(
+            &app,
+            "/Observation?value-quantity=80.5|http://unitsofmeasure.org|kg"
+        )
+        .await,
+        vec![w.o2.clone()]
+    );
+    assert!(find(&app, "/Observation?value-quantity=80.5||mg")
+        .await
+        .is_empty());
+    assert_eq!(
+        find(&app, "/Patient?birthdate:missing=true").await,
+        vec![w.p2.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Patient?birthdate:missing=false").await,
+        vec![w.p1.clone()]
+    );
+    assert_eq!(
+        find(
+            &app,
+            "/Patient?gender:in=http://hl7.org/fhir/ValueSet/administrative-gender"
+        )
+        .await
+        .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn references_chains_and_has() {
+    let app = app();
+    let w = world(&app).await;
+    assert_eq!(
+        find(&app, &format!("/Observation?subject=Patient/{}", w.p1)).await,
+        vec![w.o1.clone()]
+    );
+    assert_eq!(
+        find(&app, &format!("/Observation?patient={}", w.p1)).await,
+        vec![w.o1.clone()]
+    );
+    // absolute references match by type and id
+    assert_eq!(
+        find(&app, &format!("/Observation?subject=Patient/{}", w.p2)).await,
+        vec![w.o2.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?subject:Patient.name=zoe").await,
+        vec![w.o1.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?subject:Patient.organization.name=acme").await,
+        vec![w.o1.clone()],
+        "two-level chain"
+    );
+    assert_eq!(
+        find(&app, "/Observation?patient.gender=male").await,
+        vec![w.o2.clone()],
+        "chain through an absolute reference"
+    );
+    assert_eq!(
+        find(&app, "/Patient?_has:Observation:patient:code=8867-4").await,
+        vec![w.p1.clone()]
+    );
+    assert_eq!(
+        find(
+            &app,
+            "/Organization?_has:Patient:organization:_has:Observation:patient:code=8867-4"
+        )
+        .await,
+        vec![w.org.clone()],
+        "nested _has"
+    );
+    assert!(find(&app, "/Patient?_has:Observation:patient:code=nope")
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn includes_sort_and_paging() {
+    let app = app();
+    let w = world(&app).await;
+    let b = app
+        .get(&format!(
+            "/Encounter?_id={}&_include=Encounter:patient&_revinclude=Observation:encounter",
+            w.e1
+        ))
+        .await
+        .expect(200)
+        .json;
+    let modes: Vec<(String, String)> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["search"]["mode"].as_str().unwrap().to_string(),
+                e["resource"]["resourceType"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(modes.contains(&("match".into(), "Encounter".into())));
+    assert!(modes.contains(&("include".into(), "Patient".into())));
+    assert!(modes.contains(&("include".into(), "Observation".into())));
+    // :iterate follows the included Patient to its Organization, and terminates
+    let b = app.get(&format!("/Observation?_id={}&_include=Observation:subject&_include:iterate=Patient:organization", w.o1)).await.expect(200).json;
+    let types: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"Organization"), "{types:?}");
+    let b = app
+        .get("/Patient?_include=*&_revinclude=*&_include:iterate=*")
+        .await
+        .expect(200)
+        .json;
+    assert!(b["entry"].as_array().unwrap().len() >= 2);
+    // sort: descending by date, missing values last
+    for i in 0..3 {
+        app.create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": format!("x{i}")}})).await;
+    }
+    let b = app.get("/Observation?_sort=-date").await.expect(200).json;
+    let order: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order[0], w.o2);
+    assert_eq!(order[1], w.o1);
+    // paging with keyset links: walk every page, no duplicate, no gap
+    let mut url = "/Observation?_count=2&_sort=_id".to_string();
+    let mut seen = vec![];
+    let mut pages = 0;
+    loop {
+        let b = app.get(&url).await.expect(200).json;
+        pages += 1;
+        seen.extend(ids(&b));
+        let links = b["link"].as_array().unwrap();
+        assert!(links.iter().any(|l| l["relation"] == "first"));
+        assert!(links.iter().any(|l| l["relation"] == "last"));
+        match links.iter().find(|l| l["relation"] == "next") {
+            Some(n) => {
+                url = n["url"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("http://localhost")
+                    .to_string()
+            }
+            None => break,
+        }
+        assert!(pages < 10);
+    }
+    let mut all = seen.clone();
+    all.dedup();
+    assert_eq!(seen.len(), 5);
+    assert_eq!(all.len(), 5);
+    // _count=0 gives only the total
+    let b = app
+        .get("/Observation?_count=0&_total=accurate")
+        .await
+        .expect(200)
+        .json;
+    assert_eq!(b["total"], 5);
+    assert!(b
+        .get("entry")
+        .is_none_or(|e| e.as_array().unwrap().is_empty()));
+}
+
+#[tokio::test]
+async fn compartment_and_system_search() {
+    let app = app();
+    let w = world(&app).await;
+    assert_eq!(
+        find(&app, &format!("/Patient/{}/Observation", w.p1)).await,
+        vec![w.o1.clone()]
+    );
+    assert_eq!(
+        find(&app, &format!("/Patient/{}/Encounter?date=2020", w.p1)).await,
+        vec![w.e1.clone()]
+    );
+    assert!(
+        find(&app, &format!("/Patient/{}/Observation", w.p2))
+            .await
+            .len()
+            == 1
+    );
+    app.get(&format!("/Patient/{}/Organization", w.p1))
+        .await
+        .expect_outcome(400);
+    let b = app
+        .get("/?_type=Patient,Organization&_count=50")
+        .await
+        .expect(200)
+        .json;
+    let types: std::collections::BTreeSet<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        vec!["Organization", "Patient"]
+    );
+    // an update re-indexes; a delete removes from results
+    let mut p = app.get(&format!("/Patient/{}", w.p2)).await.json;
+    p["gender"] = json!("other");
+    app.put(&format!("/Patient/{}", w.p2), &p).await.expect(200);
+    assert!(find(&app, "/Patient?gender=male").await.is_empty());
+    app.delete(&format!("/Patient/{}", w.p1)).await.expect(204);
+    assert!(find(&app, "/Patient?family=zoe").await.is_empty());
+}
