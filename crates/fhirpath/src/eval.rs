@@ -24,7 +24,7 @@ pub(crate) type R<'a> = Result<Vec<Item<'a>>, EvalError>;
 /// Upper bound on items produced by `repeat()`/`descendants()`/`aggregate()` loops, so a
 /// runaway expression (`1.repeat($this + 1)`) ends with an error instead of exhausting
 /// memory.
-pub(crate) const MAX_WORK: usize = 1_000_000;
+pub(crate) const MAX_WORK: usize = 200_000;
 
 /// Per-evaluation state.
 pub(crate) struct Evaluator<'a> {

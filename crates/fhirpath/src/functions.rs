@@ -565,13 +565,18 @@ impl<'a> Evaluator<'a> {
             }
             Func::Repeat => {
                 let mut out: Vec<Item<'a>> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 let mut frontier: Vec<Item<'a>> = input.to_vec();
                 while !frontier.is_empty() {
                     let mut next = Vec::new();
                     for i in 0..frontier.len() {
                         for item in self.per_item(&frontier, &c.args[0], i)? {
                             self.spend(1)?;
-                            if !out.iter().any(|o| value::same_item(o, &item)) {
+                            let fresh = match value::item_key(&item) {
+                                Some(k) => seen.insert(k),
+                                None => true,
+                            };
+                            if fresh {
                                 out.push(item.clone());
                                 next.push(item);
                             }

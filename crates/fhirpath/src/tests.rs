@@ -7,7 +7,9 @@ use serde_json::{json, Value as Json};
 use std::sync::{Arc, Mutex};
 
 fn patient() -> Json {
-    json!({
+    // Parsed from text (not `json!`) so decimals keep their written digits.
+    serde_json::from_str(
+        r##"{
         "resourceType": "Patient",
         "id": "p1",
         "contained": [{"resourceType": "Organization", "id": "org1", "name": "Acme"}],
@@ -24,7 +26,9 @@ fn patient() -> Json {
         "deceasedBoolean": false,
         "multipleBirthInteger": 2,
         "extension": [{"url": "http://x/weight", "valueQuantity": {"value": 70.50, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}]
-    })
+    }"##,
+    )
+    .unwrap_or_default()
 }
 
 /// Evaluate on the patient and render each item.
@@ -234,7 +238,7 @@ fn partial_dates() {
     assert_eq!(one("'14:30'.toTime()"), "14:30");
     assert!(matches!(err("@2015 + 1 'mg'"), EvalError::Type(_)));
     let env = Env::new().with_now(DateTime::parse_datetime("2020-06-01T08:30:00.000Z").unwrap());
-    let r = parse("today() & ' ' & now().toString() & ' ' & timeOfDay().toString()")
+    let r = parse("today().toString() & ' ' & now().toString() & ' ' & timeOfDay().toString()")
         .unwrap()
         .evaluate(&Json::Null, &env)
         .unwrap();

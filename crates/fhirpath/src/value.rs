@@ -682,15 +682,36 @@ pub(crate) fn compare(a: &Prim<'_>, b: &Prim<'_>) -> Result<Option<Ordering>, St
     })
 }
 
-/// Identity for `repeat()`: the same JSON node, or equal system values.
-pub(crate) fn same_item(a: &Item<'_>, b: &Item<'_>) -> bool {
-    match (&a.0, &b.0) {
-        (Val::Node(x), Val::Node(y)) => match (&x.value, &y.value) {
-            (Some(p), Some(q)) => std::ptr::eq(p.ptr(), q.ptr()) && x.ty == y.ty,
-            _ => false,
-        },
-        (Val::Node(_), _) | (_, Val::Node(_)) => false,
-        _ => equals(a, b) == Some(true),
+/// Identity key for `repeat()`: the same JSON node (by address and type), or the same
+/// system value (by type and text). Hashable, so `repeat()` stays linear.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ItemKey {
+    Node(usize, TyId),
+    Value(&'static str, String),
+}
+
+pub(crate) fn item_key(item: &Item<'_>) -> Option<ItemKey> {
+    match &item.0 {
+        Val::Node(n) => n
+            .value
+            .as_ref()
+            .map(|v| ItemKey::Node(v.ptr() as usize, n.ty)),
+        Val::Type(t) => Some(ItemKey::Value(
+            "TypeInfo",
+            format!("{}.{}", t.namespace, t.name),
+        )),
+        _ => {
+            let p = item.prim()?;
+            let kind = p.kind_name();
+            // Numbers compare by value: 1 and 1.0 are the same item.
+            let text = match p {
+                Prim::Integer(i) => Decimal::from(i).normalize().to_string(),
+                Prim::Decimal(d) => d.normalize().to_string(),
+                _ => item.to_fhirpath_string()?,
+            };
+            let kind = if kind == "Integer" { "Decimal" } else { kind };
+            Some(ItemKey::Value(kind, text))
+        }
     }
 }
 
@@ -701,8 +722,10 @@ mod tests {
 
     #[test]
     fn nodes_convert_by_fhir_type() {
-        let obs =
-            json!({"resourceType": "Observation", "valueQuantity": {"value": 1.50, "code": "mg"}});
+        let obs: Json = serde_json::from_str(
+            r#"{"resourceType": "Observation", "valueQuantity": {"value": 1.50, "code": "mg"}}"#,
+        )
+        .unwrap_or_default();
         let qty = obs.get("valueQuantity").unwrap();
         let item = Item::from_json_typed(qty, "Quantity");
         let q = item.as_quantity().unwrap();

@@ -9,7 +9,8 @@ use crate::config::Config;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use salus_fhir::validate::validate_resource;
-use salus_service::{FhirService, ImportFailure, Return};
+use salus_service::{FhirService, ImportFailure};
+use salus_store::StoreTx;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -207,6 +208,11 @@ fn unit_len(bundle: &Value) -> usize {
         .map_or(0, Vec::len)
 }
 
+/// Files per local import transaction.
+const BATCH_FILES: usize = 64;
+/// Resources per local import transaction.
+const BATCH_RESOURCES: usize = 50_000;
+
 /// Where imported data goes.
 pub enum Target {
     Local(FhirService),
@@ -225,51 +231,55 @@ fn located(name: &str, line: usize) -> String {
 }
 
 /// Import one parsed unit into the target.
-async fn import_unit(target: &Target, name: &str, unit: Unit) -> Result<usize, Vec<Problem>> {
+/// Import one parsed unit: locally into the open batch transaction `tx` (the caller
+/// wraps it in a savepoint), or to a server.
+async fn import_unit(
+    target: &Target,
+    tx: Option<&mut dyn StoreTx>,
+    name: &str,
+    unit: Unit,
+) -> Result<usize, Vec<Problem>> {
     match target {
-        Target::Local(svc) => match unit {
-            Unit::Resources(items) => {
-                let lines: Vec<usize> = items.iter().map(|(l, _)| *l).collect();
-                let values = items.into_iter().map(|(_, v)| v).collect();
-                svc.import_resources(values).await.map_err(|f| match f {
-                    ImportFailure::Invalid(list) => list
-                        .into_iter()
-                        .flat_map(|(i, issues)| {
-                            let loc = located(name, lines[i]);
-                            issues.into_iter().map(move |is| Problem {
-                                location: loc.clone(),
-                                reason: match is.expression {
-                                    Some(e) => format!("{e}: {}", is.diagnostics),
-                                    None => is.diagnostics,
-                                },
-                            })
-                        })
-                        .collect(),
-                    ImportFailure::Failed(e) => vec![Problem {
-                        location: name.to_string(),
-                        reason: e.to_string(),
-                    }],
-                })
-            }
-            Unit::Bundle(b) => {
-                let n = unit_len(&b);
-                svc.process_bundle(b, Return::Minimal, "")
-                    .await
-                    .map(|_| n)
-                    .map_err(|e| {
-                        e.issues()
+        Target::Local(svc) => {
+            let tx = tx.expect("a local import runs in a transaction");
+            match unit {
+                Unit::Resources(items) => {
+                    let lines: Vec<usize> = items.iter().map(|(l, _)| *l).collect();
+                    let values = items.into_iter().map(|(_, v)| v).collect();
+                    svc.resources_into(tx, values).await.map_err(|f| match f {
+                        ImportFailure::Invalid(list) => list
                             .into_iter()
-                            .map(|is| Problem {
-                                location: name.to_string(),
-                                reason: match is.expression {
-                                    Some(x) => format!("{x}: {}", is.diagnostics),
-                                    None => is.diagnostics,
-                                },
+                            .flat_map(|(i, issues)| {
+                                let loc = located(name, lines[i]);
+                                issues.into_iter().map(move |is| Problem {
+                                    location: loc.clone(),
+                                    reason: match is.expression {
+                                        Some(e) => format!("{e}: {}", is.diagnostics),
+                                        None => is.diagnostics,
+                                    },
+                                })
                             })
-                            .collect()
+                            .collect(),
+                        ImportFailure::Failed(e) => vec![Problem {
+                            location: name.to_string(),
+                            reason: e.to_string(),
+                        }],
                     })
+                }
+                Unit::Bundle(b) => svc.transaction_into(tx, b).await.map_err(|e| {
+                    e.issues()
+                        .into_iter()
+                        .map(|is| Problem {
+                            location: name.to_string(),
+                            reason: match is.expression {
+                                Some(x) => format!("{x}: {}", is.diagnostics),
+                                None => is.diagnostics,
+                            },
+                        })
+                        .collect()
+                }),
             }
-        },
+        }
         Target::Remote { client, base } => {
             // Validate here first so nothing of a bad file is sent.
             let mut problems = vec![];
@@ -395,6 +405,11 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
         ProgressBar::hidden()
     };
     let mut report = Report::default();
+    // Locally, files are written in batches: one store transaction holds up to
+    // BATCH_FILES files, each inside its own savepoint, so a bad file is undone alone
+    // and commits stay few.
+    let mut batch: Option<Box<dyn StoreTx>> = None;
+    let (mut pending, mut pending_files) = (0usize, 0usize);
     for f in &files {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         if !explicit.contains(&f) && !looks_like_fhir(f) {
@@ -412,11 +427,38 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
                 .unwrap_or_default(),
         );
         let result = match parse_file(f) {
-            Ok(unit) => import_unit(target, &name, unit).await,
+            Ok(unit) => match (target, batch.as_mut()) {
+                (Target::Local(svc), _) => {
+                    let tx = match batch.as_mut() {
+                        Some(tx) => tx,
+                        None => batch.insert(svc.store().begin().await?),
+                    };
+                    tx.savepoint().await?;
+                    let r = import_unit(target, Some(tx.as_mut()), &name, unit).await;
+                    if r.is_ok() {
+                        tx.release_savepoint().await?;
+                    } else {
+                        tx.rollback_to_savepoint().await?;
+                    }
+                    r
+                }
+                (Target::Remote { .. }, _) => import_unit(target, None, &name, unit).await,
+            },
             Err(p) => Err(p),
         };
         match result {
-            Ok(n) => report.resources += n,
+            Ok(n) => {
+                pending += n;
+                pending_files += 1;
+                if batch.is_none() {
+                    report.resources += n;
+                    pending = 0;
+                } else if pending_files >= BATCH_FILES || pending >= BATCH_RESOURCES {
+                    batch.take().expect("open batch").commit().await?;
+                    report.resources += pending;
+                    (pending, pending_files) = (0, 0);
+                }
+            }
             Err(p) => {
                 report.files_failed += 1;
                 for problem in &p {
@@ -426,6 +468,10 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
             }
         }
         bar.inc(size);
+    }
+    if let Some(tx) = batch.take() {
+        tx.commit().await?;
+        report.resources += pending;
     }
     bar.finish_and_clear();
     report.elapsed = start.elapsed();

@@ -387,8 +387,30 @@ impl FhirService {
     }
 
     async fn transaction(&self, raw: Vec<Value>, ret: Return, base: &str) -> Result<Value> {
-        // 1. Parse and validate every entry before taking the write lock; report all
-        //    problems at once.
+        let entries = self.prepare_transaction(raw)?;
+        let mut tx = self.store().begin().await?;
+        let results = self.transaction_in(tx.as_mut(), entries, ret, base).await?;
+        tx.commit().await?;
+        Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": results}))
+    }
+
+    /// Apply a transaction Bundle inside an existing store transaction (bulk import);
+    /// returns the number of entries. The caller commits or rolls back.
+    pub async fn transaction_into(&self, tx: &mut dyn StoreTx, bundle: Value) -> Result<usize> {
+        let raw = match bundle.get("entry") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => vec![],
+        };
+        let n = raw.len();
+        let entries = self.prepare_transaction(raw)?;
+        self.transaction_in(tx, entries, Return::Minimal, "")
+            .await?;
+        Ok(n)
+    }
+
+    /// Parse and validate every entry before taking the write lock; report all problems
+    /// at once.
+    fn prepare_transaction(&self, raw: Vec<Value>) -> Result<Vec<Entry>> {
         let mut entries = Vec::with_capacity(raw.len());
         let mut issues = vec![];
         for (i, mut r) in raw.into_iter().enumerate() {
@@ -409,10 +431,7 @@ impl FhirService {
         if !issues.is_empty() {
             return Err(FhirError::Invalid(issues));
         }
-        let mut tx = self.store().begin().await?;
-        let results = self.transaction_in(tx.as_mut(), entries, ret, base).await?;
-        tx.commit().await?;
-        Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": results}))
+        Ok(entries)
     }
 
     async fn transaction_in(

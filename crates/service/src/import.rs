@@ -5,7 +5,7 @@
 use crate::service::{check_body, new_id, tx_write, valid_id};
 use crate::{FhirError, FhirService};
 use salus_fhir::{Issue, IssueCode};
-use salus_store::Method;
+use salus_store::{Method, StoreTx};
 use serde_json::Value;
 
 /// Why an import unit was rejected.
@@ -21,6 +21,24 @@ impl FhirService {
     /// Store resources (keeping their ids; assigning one when absent) in one
     /// transaction. Existing resources get a new version.
     pub async fn import_resources(&self, items: Vec<Value>) -> Result<usize, ImportFailure> {
+        let mut tx = self
+            .store()
+            .begin()
+            .await
+            .map_err(|e| ImportFailure::Failed(e.into()))?;
+        let n = self.resources_into(tx.as_mut(), items).await?;
+        tx.commit()
+            .await
+            .map_err(|e| ImportFailure::Failed(e.into()))?;
+        Ok(n)
+    }
+
+    /// Validate resources, then store them (ids kept) inside an existing transaction.
+    pub async fn resources_into(
+        &self,
+        tx: &mut dyn StoreTx,
+        items: Vec<Value>,
+    ) -> Result<usize, ImportFailure> {
         let mut problems = vec![];
         for (i, item) in items.iter().enumerate() {
             let mut issues = match check_body(item, None) {
@@ -44,7 +62,6 @@ impl FhirService {
         }
         let n = items.len();
         let write = async {
-            let mut tx = self.store().begin().await?;
             for item in items {
                 let rtype = item
                     .get("resourceType")
@@ -56,9 +73,8 @@ impl FhirService {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_else(new_id);
-                tx_write(tx.as_mut(), &rtype, &id, item, None, Method::Put).await?;
+                tx_write(tx, &rtype, &id, item, None, Method::Put).await?;
             }
-            tx.commit().await?;
             Ok::<_, FhirError>(())
         };
         write.await.map_err(ImportFailure::Failed)?;

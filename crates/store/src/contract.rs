@@ -57,7 +57,34 @@ pub async fn run_all(store: Arc<dyn Store>) {
     typed_clauses(store.clone()).await;
     chains_and_reverse_chains(store.clone()).await;
     sorting_and_keyset_paging(store.clone()).await;
-    include_lookups(store).await;
+    include_lookups(store.clone()).await;
+    savepoints_undo_only_their_unit(store).await;
+}
+
+pub async fn savepoints_undo_only_their_unit(store: Arc<dyn Store>) {
+    let mut tx = store.begin().await.unwrap();
+    tx.savepoint().await.unwrap();
+    tx.put(new_version("SaveA", "1", 1, None, "{}"))
+        .await
+        .unwrap();
+    tx.release_savepoint().await.unwrap();
+    tx.savepoint().await.unwrap();
+    tx.put(new_version("SaveA", "2", 1, None, "{}"))
+        .await
+        .unwrap();
+    tx.rollback_to_savepoint().await.unwrap();
+    tx.savepoint().await.unwrap();
+    tx.put(new_version("SaveA", "3", 1, None, "{}"))
+        .await
+        .unwrap();
+    tx.release_savepoint().await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(store.read("SaveA", "1").await.unwrap().is_some());
+    assert!(
+        store.read("SaveA", "2").await.unwrap().is_none(),
+        "rolled back to its savepoint"
+    );
+    assert!(store.read("SaveA", "3").await.unwrap().is_some());
 }
 
 async fn put_all(store: &Arc<dyn Store>, items: Vec<(&str, &str, Vec<IndexRow>)>) {

@@ -101,6 +101,16 @@ pub trait StoreTx: Send {
     /// resource's latest version equals `write.expected_version` (None: never stored).
     async fn put(&mut self, write: NewVersion) -> Result<()>;
 
+    /// Mark a point inside the transaction that [`StoreTx::rollback_to_savepoint`] can
+    /// return to (nested units of work, e.g. one file of a bulk import).
+    async fn savepoint(&mut self) -> Result<()>;
+
+    /// Undo every write since the last [`StoreTx::savepoint`] and drop that savepoint.
+    async fn rollback_to_savepoint(&mut self) -> Result<()>;
+
+    /// Keep the writes since the last savepoint and drop it.
+    async fn release_savepoint(&mut self) -> Result<()>;
+
     /// Make every write of this transaction durable and visible.
     async fn commit(self: Box<Self>) -> Result<()>;
 }

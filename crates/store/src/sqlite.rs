@@ -635,6 +635,20 @@ impl StoreTx for SqliteTx {
         self.put_sync(write)
     }
 
+    async fn savepoint(&mut self) -> Result<()> {
+        self.conn.execute_batch("SAVEPOINT unit").map_err(db_err)
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.conn
+            .execute_batch("ROLLBACK TO unit; RELEASE unit")
+            .map_err(db_err)
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        self.conn.execute_batch("RELEASE unit").map_err(db_err)
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.conn.execute_batch("COMMIT").map_err(db_err)?;
         self.open = false;
