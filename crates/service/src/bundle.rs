@@ -396,9 +396,9 @@ impl FhirService {
 
     /// Apply a transaction Bundle inside an existing store transaction (bulk import);
     /// returns the number of entries. The caller commits or rolls back.
-    pub async fn transaction_into(&self, tx: &mut dyn StoreTx, bundle: Value) -> Result<usize> {
-        let raw = match bundle.get("entry") {
-            Some(Value::Array(a)) => a.clone(),
+    pub async fn transaction_into(&self, tx: &mut dyn StoreTx, mut bundle: Value) -> Result<usize> {
+        let raw = match bundle.get_mut("entry").map(Value::take) {
+            Some(Value::Array(a)) => a,
             _ => vec![],
         };
         let n = raw.len();
