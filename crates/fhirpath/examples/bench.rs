@@ -1,6 +1,6 @@
 //! Rough evaluation timing: parse once, evaluate many times, print ns per evaluation.
 //!
-//! `cargo run --release -p salus-fhirpath --example bench [iterations]`
+//! `cargo run --release -p salus-fhirpath --example bench [iterations] [filter]`
 //! (no assertions; numbers depend on the machine).
 
 use salus_fhirpath::{parse, Env};
@@ -28,6 +28,7 @@ fn main() {
         }"#,
     )
     .expect("valid JSON");
+    let filter = std::env::args().nth(2).unwrap_or_default();
     let env = Env::new();
     let cases = [
         "Patient.name.where(use='official').family",
@@ -41,7 +42,7 @@ fn main() {
         "descendants().count()",
     ];
     println!("{iterations} evaluations each");
-    for src in cases {
+    for src in cases.iter().filter(|c| c.contains(filter.as_str())) {
         let expr = parse(src).expect("parses");
         // Warm up (builds the definition tables once).
         for _ in 0..1_000 {

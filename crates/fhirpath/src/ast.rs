@@ -57,7 +57,7 @@ pub(crate) struct Ident {
     pub type_filter: Option<TypeSpec>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Node {
     Literal(Item<'static>),
     Empty,
@@ -76,7 +76,7 @@ pub(crate) enum Node {
     As(Box<Node>, TypeSpec),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Call {
     pub target: Option<Node>,
     pub func: Func,

@@ -27,10 +27,10 @@ pub(crate) type R<'a> = Result<Vec<Item<'a>>, EvalError>;
 pub(crate) const MAX_WORK: usize = 200_000;
 
 /// Per-evaluation state.
-pub(crate) struct Evaluator<'a> {
+pub(crate) struct Evaluator<'s, 'a> {
     pub env: &'a Env<'a>,
     /// `%context` (and `%resource`/`%rootResource` unless overridden).
-    pub root: Vec<Item<'a>>,
+    pub root: &'s [Item<'a>],
     /// The resource `resolve()` searches for contained resources and Bundle entries.
     pub root_resource: Option<JsonRef<'a>>,
     pub now: OnceCell<DateTime>,
@@ -118,6 +118,41 @@ pub(crate) fn matches_type(item: &Item<'_>, spec: &TypeSpec) -> bool {
     }
 }
 
+/// `obj[key]` and `obj[ext_key]` (the `_key` of a primitive): one pass over small objects
+/// instead of two hashed lookups.
+fn get_pair<'a>(
+    v: &JsonRef<'a>,
+    key: &str,
+    ext_key: Option<&str>,
+) -> (Option<JsonRef<'a>>, Option<JsonRef<'a>>) {
+    match v {
+        JsonRef::Borrowed(j) => {
+            let Some(obj) = j.as_object() else {
+                return (None, None);
+            };
+            if obj.len() > 12 {
+                return (
+                    obj.get(key).map(JsonRef::Borrowed),
+                    ext_key.and_then(|k| obj.get(k)).map(JsonRef::Borrowed),
+                );
+            }
+            let (mut val, mut ext) = (None, None);
+            for (k, x) in obj {
+                if k == key {
+                    val = Some(JsonRef::Borrowed(x));
+                } else if ext_key == Some(k.as_str()) {
+                    ext = Some(JsonRef::Borrowed(x));
+                }
+            }
+            (val, ext)
+        }
+        JsonRef::Shared(_) => (
+            v.map(|j| j.get(key)),
+            ext_key.and_then(|k| v.map(|j| j.get(k))),
+        ),
+    }
+}
+
 /// Add a JSON value (array or single, with its `_name` sibling) as nodes of type `ty`.
 pub(crate) fn push_json<'a>(
     out: &mut Vec<Item<'a>>,
@@ -175,8 +210,8 @@ pub(crate) fn push_json<'a>(
     }
 }
 
-impl<'a> Evaluator<'a> {
-    pub fn new(env: &'a Env<'a>, root: Vec<Item<'a>>, root_resource: Option<JsonRef<'a>>) -> Self {
+impl<'s, 'a> Evaluator<'s, 'a> {
+    pub fn new(env: &'a Env<'a>, root: &'s [Item<'a>], root_resource: Option<JsonRef<'a>>) -> Self {
         Self {
             env,
             root,
@@ -294,7 +329,7 @@ impl<'a> Evaluator<'a> {
         }
         let s = |v: String| Ok(vec![Item::string(v)]);
         match name {
-            "context" | "resource" | "rootResource" => Ok(self.root.clone()),
+            "context" | "resource" | "rootResource" => Ok(self.root.to_vec()),
             "ucum" => s("http://unitsofmeasure.org".into()),
             "sct" => s("http://snomed.info/sct".into()),
             "loinc" => s("http://loinc.org".into()),
@@ -382,6 +417,13 @@ impl<'a> Evaluator<'a> {
                 let Some(obj) = v.get().as_object() else {
                     return Ok(());
                 };
+                // FHIR element names start in lower case: try a type name as a filter first.
+                if let Some(tf) = &id.type_filter {
+                    if matches_type(item, tf) {
+                        out.push(item.clone());
+                        return Ok(());
+                    }
+                }
                 let Some(child) = m.child(n.ty, name) else {
                     // Not an element name: a type filter (`Patient.name`), or in lenient
                     // mode a JSON key (`valueQuantity`, unknown content).
@@ -397,8 +439,7 @@ impl<'a> Evaluator<'a> {
                 };
                 if !child.choice {
                     let var = &child.variants[0];
-                    let val = v.map(|j| j.get(var.key));
-                    let ext = var.ext_key.and_then(|k| v.map(|j| j.get(k)));
+                    let (val, ext) = get_pair(v, var.key, var.ext_key);
                     push_json(out, val, ext, var.ty);
                     return Ok(());
                 }
@@ -454,101 +495,154 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    fn binary(&self, op: BinOp, l: &Node, r: &Node, scope: &Scope<'_, 'a>) -> R<'a> {
-        match op {
-            BinOp::And => {
-                let a = bool3(&self.eval(l, scope)?, "and")?;
-                if a == Some(false) {
-                    return Ok(boolean(false));
-                }
-                let b = bool3(&self.eval(r, scope)?, "and")?;
-                Ok(match (a, b) {
-                    (_, Some(false)) => boolean(false),
-                    (Some(true), Some(true)) => boolean(true),
-                    _ => Vec::new(),
-                })
+    /// Evaluate an operand, borrowing literals from the AST instead of allocating.
+    fn operand<'x>(
+        &self,
+        n: &'x Node,
+        scope: &Scope<'_, 'a>,
+        slot: &'x mut Vec<Item<'a>>,
+    ) -> Result<&'x [Item<'a>], EvalError> {
+        if let Node::Literal(x) = n {
+            return Ok(std::slice::from_ref(x));
+        }
+        *slot = self.eval(n, scope)?;
+        Ok(slot.as_slice())
+    }
+
+    /// Evaluate an expression used as a condition (`where`, `iif`, `and` operands, ...),
+    /// without building a result collection for boolean operators and comparisons.
+    pub fn eval_bool(
+        &self,
+        node: &Node,
+        scope: &Scope<'_, 'a>,
+        what: &str,
+    ) -> Result<Option<bool>, EvalError> {
+        match node {
+            Node::Binary(op @ (BinOp::And | BinOp::Or | BinOp::Xor | BinOp::Implies), l, r) => {
+                self.logic(*op, l, r, scope)
             }
-            BinOp::Or => {
-                let a = bool3(&self.eval(l, scope)?, "or")?;
-                if a == Some(true) {
-                    return Ok(boolean(true));
-                }
-                let b = bool3(&self.eval(r, scope)?, "or")?;
-                Ok(match (a, b) {
-                    (_, Some(true)) => boolean(true),
-                    (Some(false), Some(false)) => boolean(false),
-                    _ => Vec::new(),
-                })
+            Node::Binary(op, l, r) if is_comparison(*op) => {
+                let (mut sa, mut sb) = (Vec::new(), Vec::new());
+                let a = self.operand(l, scope, &mut sa)?;
+                let b = self.operand(r, scope, &mut sb)?;
+                self.compare_values(*op, a, b)
             }
-            BinOp::Xor => {
-                let a = bool3(&self.eval(l, scope)?, "xor")?;
-                let b = bool3(&self.eval(r, scope)?, "xor")?;
-                Ok(match (a, b) {
-                    (Some(x), Some(y)) => boolean(x != y),
-                    _ => Vec::new(),
-                })
-            }
-            BinOp::Implies => {
-                let a = bool3(&self.eval(l, scope)?, "implies")?;
-                if a == Some(false) {
-                    return Ok(boolean(true));
-                }
-                let b = bool3(&self.eval(r, scope)?, "implies")?;
-                Ok(match (a, b) {
-                    (Some(true), b) => opt_bool(b),
-                    (None, Some(true)) => boolean(true),
-                    _ => Vec::new(),
-                })
-            }
-            _ => {
-                let a = self.eval(l, scope)?;
-                let b = self.eval(r, scope)?;
-                self.binary_values(op, a, b)
-            }
+            Node::Literal(x) => Ok(singleton_bool(x)),
+            _ => bool3(&self.eval(node, scope)?, what),
         }
     }
 
-    pub fn binary_values(&self, op: BinOp, a: Vec<Item<'a>>, b: Vec<Item<'a>>) -> R<'a> {
-        match op {
-            BinOp::Union => {
-                let mut out = Vec::with_capacity(a.len() + b.len());
-                for item in a.into_iter().chain(b) {
-                    push_distinct(&mut out, item);
+    fn logic(
+        &self,
+        op: BinOp,
+        l: &Node,
+        r: &Node,
+        scope: &Scope<'_, 'a>,
+    ) -> Result<Option<bool>, EvalError> {
+        Ok(match op {
+            BinOp::And => {
+                let a = self.eval_bool(l, scope, "and")?;
+                if a == Some(false) {
+                    return Ok(Some(false));
                 }
-                Ok(out)
+                match (a, self.eval_bool(r, scope, "and")?) {
+                    (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                }
             }
-            BinOp::Eq | BinOp::NotEq => {
-                let r = collection_equals(&a, &b);
-                Ok(opt_bool(if op == BinOp::Eq { r } else { r.map(|x| !x) }))
+            BinOp::Or => {
+                let a = self.eval_bool(l, scope, "or")?;
+                if a == Some(true) {
+                    return Ok(Some(true));
+                }
+                match (a, self.eval_bool(r, scope, "or")?) {
+                    (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                }
             }
-            BinOp::Equiv | BinOp::NotEquiv => {
-                let r = collection_equivalent(&a, &b);
-                Ok(boolean(if op == BinOp::Equiv { r } else { !r }))
+            BinOp::Xor => {
+                let a = self.eval_bool(l, scope, "xor")?;
+                match (a, self.eval_bool(r, scope, "xor")?) {
+                    (Some(x), Some(y)) => Some(x != y),
+                    _ => None,
+                }
             }
+            _ => {
+                let a = self.eval_bool(l, scope, "implies")?;
+                if a == Some(false) {
+                    return Ok(Some(true));
+                }
+                match (a, self.eval_bool(r, scope, "implies")?) {
+                    (Some(true), b) => b,
+                    (None, Some(true)) => Some(true),
+                    _ => None,
+                }
+            }
+        })
+    }
+
+    fn binary(&self, op: BinOp, l: &Node, r: &Node, scope: &Scope<'_, 'a>) -> R<'a> {
+        if matches!(op, BinOp::And | BinOp::Or | BinOp::Xor | BinOp::Implies) {
+            return Ok(opt_bool(self.logic(op, l, r, scope)?));
+        }
+        let (mut sa, mut sb) = (Vec::new(), Vec::new());
+        let a = self.operand(l, scope, &mut sa)?;
+        let b = self.operand(r, scope, &mut sb)?;
+        if is_comparison(op) {
+            return Ok(opt_bool(self.compare_values(op, a, b)?));
+        }
+        self.binary_values(op, a, b)
+    }
+
+    /// Equality, equivalence, membership and ordering operators.
+    pub fn compare_values(
+        &self,
+        op: BinOp,
+        a: &[Item<'a>],
+        b: &[Item<'a>],
+    ) -> Result<Option<bool>, EvalError> {
+        Ok(match op {
+            BinOp::Eq => collection_equals(a, b),
+            BinOp::NotEq => collection_equals(a, b).map(|x| !x),
+            BinOp::Equiv => Some(collection_equivalent(a, b)),
+            BinOp::NotEquiv => Some(!collection_equivalent(a, b)),
             BinOp::In | BinOp::Contains => {
-                let (needle, hay) = if op == BinOp::In { (&a, &b) } else { (&b, &a) };
+                let (needle, hay) = if op == BinOp::In { (a, b) } else { (b, a) };
                 let Some(x) = single(needle, "membership")? else {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 };
-                Ok(boolean(
-                    hay.iter().any(|y| value::equals(x, y) == Some(true)),
-                ))
+                Some(hay.iter().any(|y| value::equals(x, y) == Some(true)))
             }
-            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-                let (Some(x), Some(y)) = (single(&a, "comparison")?, single(&b, "comparison")?)
+            _ => {
+                let (Some(x), Some(y)) = (single(a, "comparison")?, single(b, "comparison")?)
                 else {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 };
                 let (Some(px), Some(py)) = (x.prim(), y.prim()) else {
                     return Err(EvalError::type_err("cannot compare complex values"));
                 };
                 let ord = value::compare(&px, &py).map_err(EvalError::Type)?;
-                Ok(opt_bool(ord.map(|o| match op {
+                ord.map(|o| match op {
                     BinOp::Lt => o == Ordering::Less,
                     BinOp::Le => o != Ordering::Greater,
                     BinOp::Gt => o == Ordering::Greater,
                     _ => o != Ordering::Less,
-                })))
+                })
+            }
+        })
+    }
+
+    /// Union, concatenation and arithmetic.
+    pub fn binary_values(&self, op: BinOp, a: &[Item<'a>], b: &[Item<'a>]) -> R<'a> {
+        match op {
+            BinOp::Union => {
+                let mut out = value::DistinctSet::default();
+                for item in a.iter().chain(b) {
+                    out.insert(item.clone());
+                }
+                Ok(out.into_vec())
             }
             BinOp::Concat => {
                 let text = |v: &[Item<'a>]| -> Result<String, EvalError> {
@@ -560,12 +654,12 @@ impl<'a> Evaluator<'a> {
                         },
                     }
                 };
-                let mut s = text(&a)?;
-                s.push_str(&text(&b)?);
+                let mut s = text(a)?;
+                s.push_str(&text(b)?);
                 Ok(vec![Item::string(s)])
             }
             _ => {
-                let (Some(x), Some(y)) = (single(&a, "arithmetic")?, single(&b, "arithmetic")?)
+                let (Some(x), Some(y)) = (single(a, "arithmetic")?, single(b, "arithmetic")?)
                 else {
                     return Ok(Vec::new());
                 };
@@ -575,11 +669,20 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-/// Add an item unless an equal one is already there.
-pub(crate) fn push_distinct<'a>(out: &mut Vec<Item<'a>>, item: Item<'a>) {
-    if !out.iter().any(|o| value::equals(o, &item) == Some(true)) {
-        out.push(item);
-    }
+fn is_comparison(op: BinOp) -> bool {
+    matches!(
+        op,
+        BinOp::Eq
+            | BinOp::NotEq
+            | BinOp::Equiv
+            | BinOp::NotEquiv
+            | BinOp::In
+            | BinOp::Contains
+            | BinOp::Lt
+            | BinOp::Le
+            | BinOp::Gt
+            | BinOp::Ge
+    )
 }
 
 /// `=` on collections: empty if either side is empty or the sizes differ, otherwise

@@ -11,10 +11,10 @@
 use crate::ast::{BinOp, Call, Func, Node, TypeSpec};
 use crate::datetime::{DateTime, Precision, Time};
 use crate::error::EvalError;
-use crate::eval::{bool3, matches_type, push_distinct, push_json, single, Evaluator, Scope, R};
+use crate::eval::{matches_type, push_json, single, Evaluator, Scope, R};
 use crate::model::{model, Kind, UNKNOWN};
 use crate::quantity::{self, is_decimal_text, Quantity};
-use crate::value::{self, Item, JsonRef, Prim, TypeInfo, Val};
+use crate::value::{self, DistinctSet, Item, JsonRef, Prim, TypeInfo, Val};
 use base64::Engine as _;
 use regex::Regex;
 use rust_decimal::prelude::ToPrimitive;
@@ -293,7 +293,7 @@ fn decimal_pow(base: Decimal, exp: i64) -> Option<Decimal> {
 // Dispatch
 // ------------------------------------------------------------------------------------------
 
-impl<'a> Evaluator<'a> {
+impl<'a> Evaluator<'_, 'a> {
     /// Evaluate a lambda argument for each input item (with `$this` and `$index`).
     fn per_item(&self, input: &[Item<'a>], expr: &Node, i: usize) -> R<'a> {
         let scope = Scope {
@@ -311,7 +311,12 @@ impl<'a> Evaluator<'a> {
         i: usize,
         name: &str,
     ) -> Result<bool, EvalError> {
-        Ok(bool3(&self.per_item(input, expr, i)?, name)? == Some(true))
+        let scope = Scope {
+            this: std::slice::from_ref(&input[i]),
+            index: Some(i),
+            total: None,
+        };
+        Ok(self.eval_bool(expr, &scope, name)? == Some(true))
     }
 
     fn string_arg(
@@ -525,27 +530,12 @@ impl<'a> Evaluator<'a> {
                 } else {
                     (other.as_slice(), input)
                 };
-                boolean(
-                    small
-                        .iter()
-                        .all(|x| big.iter().any(|y| value::equals(x, y) == Some(true))),
-                )
+                let big = DistinctSet::from_items(big);
+                boolean(small.iter().all(|x| big.contains(x)))
             }
             Func::Count => Ok(vec![Item::integer(input.len() as i64)]),
-            Func::Distinct => {
-                let mut out = Vec::with_capacity(input.len());
-                for item in input {
-                    push_distinct(&mut out, item.clone());
-                }
-                Ok(out)
-            }
-            Func::IsDistinct => {
-                let mut out = Vec::with_capacity(input.len());
-                for item in input {
-                    push_distinct(&mut out, item.clone());
-                }
-                boolean(out.len() == input.len())
-            }
+            Func::Distinct => Ok(DistinctSet::from_items(input).into_vec()),
+            Func::IsDistinct => boolean(DistinctSet::from_items(input).len() == input.len()),
             Func::Where => {
                 let mut out = Vec::new();
                 for i in 0..input.len() {
@@ -621,26 +611,24 @@ impl<'a> Evaluator<'a> {
                 })
             }
             Func::Intersect => {
-                let other = self.eval(&c.args[0], scope)?;
-                let mut out = Vec::new();
-                for x in input {
-                    if other.iter().any(|y| value::equals(x, y) == Some(true)) {
-                        push_distinct(&mut out, x.clone());
-                    }
+                let other = DistinctSet::from_items(&self.eval(&c.args[0], scope)?);
+                let mut out = DistinctSet::default();
+                for x in input.iter().filter(|x| other.contains(x)) {
+                    out.insert(x.clone());
                 }
-                Ok(out)
+                Ok(out.into_vec())
             }
             Func::Exclude => {
-                let other = self.eval(&c.args[0], scope)?;
+                let other = DistinctSet::from_items(&self.eval(&c.args[0], scope)?);
                 Ok(input
                     .iter()
-                    .filter(|x| !other.iter().any(|y| value::equals(x, y) == Some(true)))
+                    .filter(|x| !other.contains(x))
                     .cloned()
                     .collect())
             }
             Func::Union => {
                 let other = self.eval(&c.args[0], scope)?;
-                self.binary_values(BinOp::Union, input.to_vec(), other)
+                self.binary_values(BinOp::Union, input, &other)
             }
             Func::Combine => {
                 let mut out = input.to_vec();
@@ -699,8 +687,7 @@ impl<'a> Evaluator<'a> {
                 if c.target.is_some() && input.len() > 1 {
                     return Err(EvalError::not_singleton("iif", input.len()));
                 }
-                let crit = self.eval(&c.args[0], &crit_scope)?;
-                if bool3(&crit, "iif criterion")? == Some(true) {
+                if self.eval_bool(&c.args[0], &crit_scope, "iif criterion")? == Some(true) {
                     self.eval(&c.args[1], &crit_scope)
                 } else if let Some(otherwise) = c.args.get(2) {
                     self.eval(otherwise, &crit_scope)
@@ -1016,9 +1003,9 @@ impl<'a> Evaluator<'a> {
                     Some(init) => self.eval(init, scope)?,
                     None => Vec::new(),
                 };
-                for i in 0..input.len() {
+                for (i, item) in input.iter().enumerate() {
                     let s = Scope {
-                        this: std::slice::from_ref(&input[i]),
+                        this: std::slice::from_ref(item),
                         index: Some(i),
                         total: Some(&total),
                     };
@@ -1074,8 +1061,7 @@ impl<'a> Evaluator<'a> {
                     } else {
                         n.value.as_ref()
                     };
-                    let Some(Json::Array(exts)) =
-                        holder.map(|h| h.get().get("extension")).flatten()
+                    let Some(Json::Array(exts)) = holder.and_then(|h| h.get().get("extension"))
                     else {
                         continue;
                     };

@@ -26,7 +26,8 @@
 //! assert_eq!(result[0].fhir_type(), Some("string"));
 //! ```
 //!
-//! Items borrow from the resource; [`Item`] exposes the JSON ([`Item::as_json`]), typed
+//! Items borrow from the resource and the environment (`evaluate<'a>(&self, &'a Value,
+//! &'a Env<'a>) -> Result<Vec<Item<'a>>, EvalError>`); [`Item`] exposes the JSON ([`Item::as_json`]), typed
 //! accessors (`as_str`, `as_bool`, `as_integer`, `as_decimal`, `as_date_time`, `as_time`,
 //! `as_quantity`), the FHIR type ([`Item::fhir_type`]) and [`Item::to_json`].
 //!
@@ -57,14 +58,33 @@
 //! - Decimals keep their precision (`1.50`); division rounds to 8 decimal places when the
 //!   quotient does not terminate earlier (as the reference implementation does).
 //! - Dates, date-times and times keep partial precision; comparisons that the precision
-//!   cannot decide are empty.
-//! - `is`/`as` bind looser than `<`/`>` and `|` but tighter than `=` (see
-//!   [`parser`](crate::parser) for the table).
+//!   cannot decide are empty. When only one side has a zone, the other is taken as
+//!   anywhere within ±14 hours; a date equals no date-time that has a zone.
+//! - Where a Boolean is expected, a single Integer, Decimal or String converts as
+//!   `toBoolean()` does (`'foo'` gives empty, `0` false); any other single item is true.
+//! - `=` between collections of different sizes is empty (as in the official suite).
+//! - Operator precedence, loosest first: `implies`; `or` `xor`; `and`; `in` `contains`;
+//!   `=` `~` `!=` `!~`; `is` `as`; `<` `>` `<=` `>=`; `|`; `+` `-` `&`; `*` `/` `div`
+//!   `mod`; unary `+` `-`; `.` and `[]`. The place of `is`/`as` follows the reference
+//!   implementation and the official suite (`1 > 2 is Boolean` is `(1 > 2) is Boolean`).
+//! - Strict mode ([`Env::strict`]) and [`Expr::check`] validate paths against the type
+//!   model statically (`(Observation.value as Period).unit` is an error).
+//! - Nesting is limited to 128 levels, and loops (`repeat`, `descendants`, `aggregate`) to
+//!   200,000 items, so no expression can exhaust the stack or run away.
 //! - `resolve()` finds contained resources, Bundle entries, then asks the resolver hook, and
 //!   finally returns a `{resourceType, id}` stub for a literal `Type/id` reference (so
 //!   `where(resolve() is Patient)` works for search indexing without a store lookup).
+//!
+//! # Conformance and speed
+//!
+//! `tests/official.rs` runs the official FHIRPath R4 suite (709 of 711 pass; the two
+//! failures are errors in the suite), `tests/search_params.rs` evaluates every R4
+//! SearchParameter expression on every R4 example, and `examples/bench.rs` times
+//! evaluations (`Patient.name.where(use='official').family` takes about 0.4 µs in a
+//! release build).
 
 mod ast;
+mod check;
 pub mod datetime;
 mod env;
 mod error;
@@ -72,7 +92,7 @@ mod eval;
 mod functions;
 mod lexer;
 mod model;
-pub mod parser;
+mod parser;
 pub mod quantity;
 mod value;
 
@@ -87,7 +107,7 @@ use serde_json::Value as Json;
 use value::JsonRef;
 
 /// A compiled FHIRPath expression: parse once, evaluate many times, share across threads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Expr {
     root: ast::Node,
     source: Box<str>,
@@ -146,13 +166,34 @@ impl Expr {
         root_resource: Option<&'a Json>,
         env: &'a Env<'a>,
     ) -> Result<Vec<Item<'a>>, EvalError> {
-        let ev = eval::Evaluator::new(env, focus.to_vec(), root_resource.map(JsonRef::Borrowed));
+        if env.strict {
+            let types: Vec<model::TyId> = focus
+                .iter()
+                .map(|i| i.as_node().map_or(model::UNKNOWN, |n| n.ty))
+                .collect();
+            check::check(&self.root, &types)?;
+        }
+        let ev = eval::Evaluator::new(env, focus, root_resource.map(JsonRef::Borrowed));
         let scope = eval::Scope {
             this: focus,
             index: None,
             total: None,
         };
         ev.eval(&self.root, &scope)
+    }
+
+    /// Check the expression statically against a FHIR type (`Patient`, `HumanName`):
+    /// report element names the type model does not define along the paths it can follow
+    /// (`(Observation.value as Period).unit`), and ordered functions (`first()`, `[0]`,
+    /// ...) applied to `children()`/`descendants()`. Branches whose type cannot be known
+    /// (variables, most function results) are not checked. Strict mode runs this before
+    /// every evaluation.
+    pub fn check(&self, fhir_type: &str) -> Result<(), EvalError> {
+        let m = model::model();
+        let ty = m
+            .type_id(fhir_type)
+            .ok_or_else(|| EvalError::Argument(format!("unknown FHIR type '{fhir_type}'")))?;
+        check::check(&self.root, &[ty])
     }
 
     /// Evaluate as a boolean condition (an invariant, a `where` filter): `Some(b)` for a

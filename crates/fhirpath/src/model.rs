@@ -96,7 +96,7 @@ pub(crate) struct Child {
 #[derive(Debug, Default)]
 pub(crate) struct Ctx {
     pub children: FxMap<&'static str, Child>,
-    /// JSON key → (FHIRPath name, type), choice-typed keys included.
+    /// JSON key → type, choice-typed keys (`valueQuantity`) included.
     pub keys: FxMap<&'static str, TyId>,
 }
 
@@ -245,6 +245,9 @@ fn build() -> Model {
                     let ext_key = (primitive && !e.is_attribute).then(|| leak(format!("_{key}")));
                     variants.push(Variant { key, ext_key, ty });
                 }
+            }
+            if variants.is_empty() {
+                continue;
             }
             let ctx = &mut ctxs[pc as usize];
             for v in &variants {

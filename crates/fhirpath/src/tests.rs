@@ -487,6 +487,28 @@ fn strict_mode_reports_unknown_elements() {
         Err(EvalError::UnknownElement { .. })
     ));
     assert!(run("name.given").is_ok());
+    assert!(run("(Patient.extension.value as Period).start").is_ok());
+    assert!(matches!(
+        run("(Patient.extension.value as Period).unit"),
+        Err(EvalError::UnknownElement { .. })
+    ));
+    assert!(matches!(
+        run("Patient.children().first()"),
+        Err(EvalError::Argument(_))
+    ));
+    assert!(run("Patient.name.first().given").is_ok());
+    // The static check alone, for validating expressions at load time.
+    let e =
+        parse("Observation.value.unit | Observation.code.coding.where(system = %s).code").unwrap();
+    assert!(e.check("Observation").is_ok());
+    assert!(parse("Observation.valueQuantity.unit")
+        .unwrap()
+        .check("Observation")
+        .is_err());
+    assert!(parse("Observation.value.as(Period).unit")
+        .unwrap()
+        .check("Observation")
+        .is_err());
     // Lenient mode reads typed JSON keys of choice elements too.
     assert_eq!(ev("Patient.deceasedBoolean"), ["false"]);
 }
@@ -651,6 +673,22 @@ fn random_inputs_never_panic() {
             let _ = e.evaluate(&p, Env::empty());
         }
     }
+}
+
+#[test]
+fn large_collections_stay_fast() {
+    let big: Vec<Json> = (0..20_000).map(|i| json!({"value": i % 5_000})).collect();
+    // Untyped JSON (no resourceType): plain key navigation.
+    let res = json!({"items": big});
+    let start = std::time::Instant::now();
+    assert_eq!(ev_on("items.value.distinct().count()", &res), ["5000"]);
+    assert_eq!(ev_on("(items | items).count()", &res), ["5000"]);
+    assert_eq!(ev_on("items.value.isDistinct()", &res), ["false"]);
+    assert_eq!(
+        ev_on("items.value.intersect(items.value.take(10)).count()", &res),
+        ["10"]
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }
 
 #[test]

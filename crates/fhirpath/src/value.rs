@@ -18,7 +18,9 @@ use rust_decimal::Decimal;
 use serde_json::Value as Json;
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -256,8 +258,8 @@ impl<'a> Item<'a> {
         Item(Val::Quantity(Arc::new(q)))
     }
 
-    /// A system value from JSON: strings, booleans and numbers become String, Boolean and
-    /// Integer/Decimal; objects and arrays become untyped nodes.
+    /// Untyped JSON: scalars act as system values (String, Boolean, Integer/Decimal) and
+    /// objects are navigated by key, without FHIR type information.
     pub fn from_json(json: &'a Json) -> Self {
         Item::node(Some(JsonRef::Borrowed(json)), None, UNKNOWN)
     }
@@ -715,10 +717,133 @@ pub(crate) fn item_key(item: &Item<'_>) -> Option<ItemKey> {
     }
 }
 
+/// A hash that equal items (by `=`) always share: coarse for dates, times and quantities
+/// (whose equality crosses zones and units), exact for the rest. Used to bucket items so
+/// `distinct()`, `|` and friends stay near-linear on large collections.
+fn equality_hash(item: &Item<'_>) -> u64 {
+    let mut h = crate::model::FxHasher::default();
+    match item.prim() {
+        Some(Prim::Boolean(b)) => (0u8, b).hash(&mut h),
+        Some(Prim::Integer(i)) => (1u8, Decimal::from(i).normalize().to_string()).hash(&mut h),
+        Some(Prim::Decimal(d)) => (1u8, d.normalize().to_string()).hash(&mut h),
+        Some(Prim::String(s)) => (2u8, s).hash(&mut h),
+        Some(Prim::Date(_) | Prim::DateTime(_)) => 3u8.hash(&mut h),
+        Some(Prim::Time(_)) => 4u8.hash(&mut h),
+        Some(Prim::Quantity(_)) => 5u8.hash(&mut h),
+        None => match &item.0 {
+            Val::Type(t) => (6u8, t.namespace, &*t.name).hash(&mut h),
+            Val::Node(n) => {
+                7u8.hash(&mut h);
+                if let Some(v) = &n.value {
+                    json_hash(v.get(), 0).hash(&mut h);
+                }
+            }
+            _ => 8u8.hash(&mut h),
+        },
+    }
+    h.finish()
+}
+
+/// Structural hash consistent with [`json_eq`] (objects order-independent, numbers by
+/// value).
+fn json_hash(v: &Json, depth: usize) -> u64 {
+    let mut h = crate::model::FxHasher::default();
+    if depth > 64 {
+        return 0;
+    }
+    match v {
+        Json::Null => 0u8.hash(&mut h),
+        Json::Bool(b) => b.hash(&mut h),
+        Json::Number(n) => match decimal_from_text(n.as_str()) {
+            Some(d) => d.normalize().to_string().hash(&mut h),
+            None => n.as_str().hash(&mut h),
+        },
+        Json::String(s) => s.hash(&mut h),
+        Json::Array(a) => {
+            for x in a {
+                json_hash(x, depth + 1).hash(&mut h);
+            }
+        }
+        Json::Object(m) => {
+            let mut acc = 0u64;
+            for (k, x) in m {
+                let mut e = crate::model::FxHasher::default();
+                (k, json_hash(x, depth + 1)).hash(&mut e);
+                acc = acc.wrapping_add(e.finish());
+            }
+            acc.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// A collection without duplicates (by `=`), with hashed buckets.
+#[derive(Default)]
+pub(crate) struct DistinctSet<'a> {
+    items: Vec<Item<'a>>,
+    buckets: HashMap<u64, Vec<usize>>,
+}
+
+impl<'a> DistinctSet<'a> {
+    pub fn from_items(items: &[Item<'a>]) -> Self {
+        let mut set = Self::default();
+        for i in items {
+            set.insert(i.clone());
+        }
+        set
+    }
+
+    /// Add `item` unless an equal one is present; whether it was added.
+    pub fn insert(&mut self, item: Item<'a>) -> bool {
+        let h = equality_hash(&item);
+        let bucket = self.buckets.entry(h).or_default();
+        if bucket
+            .iter()
+            .any(|&i| equals(&self.items[i], &item) == Some(true))
+        {
+            return false;
+        }
+        bucket.push(self.items.len());
+        self.items.push(item);
+        true
+    }
+
+    pub fn contains(&self, item: &Item<'_>) -> bool {
+        self.buckets.get(&equality_hash(item)).is_some_and(|b| {
+            b.iter()
+                .any(|&i| equals(&self.items[i], item) == Some(true))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn into_vec(self) -> Vec<Item<'a>> {
+        self.items
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn distinct_set_matches_equality() {
+        let a = json!({"x": 1.0, "y": [1, "a"]});
+        let b = json!({"y": [1, "a"], "x": 1});
+        let mut set = DistinctSet::default();
+        assert!(set.insert(Item::from_json(&a)));
+        assert!(!set.insert(Item::from_json(&b)));
+        assert!(set.insert(Item::integer(1)));
+        assert!(!set.insert(Item::decimal(Decimal::new(10, 1))));
+        let d = |s| Item::date_time(DateTime::parse_datetime(s).unwrap());
+        assert!(set.insert(d("2012-04-15T15:00:00+02:00")));
+        assert!(!set.insert(d("2012-04-15T16:00:00+03:00")));
+        assert_eq!(set.len(), 3);
+        assert!(!set.contains(&Item::string("a")));
+    }
 
     #[test]
     fn nodes_convert_by_fhir_type() {

@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-/// Passing tests required (of 711); raise it when the engine improves.
-const PASS_FLOOR: usize = 700;
+/// Passing tests required (of 711); raise it when the engine improves. The two failing
+/// tests disagree with the specification: `3.14159.round(3) = 2` (round gives 3.142) and
+/// `'1 day'.toQuantity() = 1 '{day}'` (a calendar day against an annotation of unity).
+const PASS_FLOOR: usize = 709;
 
 struct Case {
     name: String,
