@@ -46,8 +46,18 @@ pub(crate) fn table(kind: IndexKind) -> &'static str {
 }
 
 /// Start `{a}.rid IN (SELECT x.rid FROM {table} x WHERE <type constraint> AND x.param = ? AND (`
-/// — the caller appends the value condition and closes with `))`.
-fn open_lookup(q: &mut Q, a: &str, types: &[String], tbl: &str, x: &str, param: &str) {
+/// — or, when `drive` is false, a correlated `EXISTS` on the candidate row; either way
+/// the caller appends the value condition and closes with `))`.
+fn open_lookup(q: &mut Q, a: &str, types: &[String], tbl: &str, x: &str, param: &str, drive: bool) {
+    if !drive {
+        // A correlated check of the candidate row (through the table's `rid` index).
+        q.push(&format!(
+            "EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.rid = {a}.rid AND {x}.param = "
+        ));
+        q.text_arg(param);
+        q.push(" AND (");
+        return;
+    }
     q.push(&format!("{a}.rid IN (SELECT {x}.rid FROM {tbl} {x} WHERE "));
     match types {
         [one] => {
@@ -153,7 +163,9 @@ fn or_each<T>(q: &mut Q, items: &[T], mut f: impl FnMut(&mut Q, &T)) {
 
 /// SQL for one clause about the `resources` row aliased `a`, whose type is one of
 /// `types` (any when empty).
-pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
+/// `drive`: whether this clause produces the candidate set (an `IN` list looked up by
+/// value) or checks candidates found by another clause (correlated `EXISTS`).
+pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bool) {
     match c {
         Clause::Id(ids) => {
             if ids.is_empty() {
@@ -201,7 +213,7 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         }
         Clause::Token { param, any } => {
             let x = q.alias("t");
-            open_lookup(q, a, types, "idx_token", &x, param);
+            open_lookup(q, a, types, "idx_token", &x, param, drive);
             or_each(q, any, |q, m| {
                 q.push("1=1");
                 if let Some(code) = &m.code {
@@ -221,7 +233,7 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         }
         Clause::String { param, any } => {
             let x = q.alias("s");
-            open_lookup(q, a, types, "idx_string", &x, param);
+            open_lookup(q, a, types, "idx_string", &x, param, drive);
             or_each(q, any, |q, m| match m.mode {
                 StringMode::Prefix => {
                     q.push(&format!("{x}.normalized >= "));
@@ -243,7 +255,7 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         }
         Clause::Reference { param, any } => {
             let x = q.alias("x");
-            open_lookup(q, a, types, "idx_reference", &x, param);
+            open_lookup(q, a, types, "idx_reference", &x, param, drive);
             or_each(q, any, |q, m| {
                 q.push(&format!("{x}.target_id = "));
                 q.text_arg(&m.target_id);
@@ -260,21 +272,21 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         }
         Clause::Date { param, any } => {
             let x = q.alias("d");
-            open_lookup(q, a, types, "idx_date", &x, param);
+            open_lookup(q, a, types, "idx_date", &x, param, drive);
             let (lo, hi) = (format!("{x}.low"), format!("{x}.high"));
             or_each(q, any, |q, m| range_cond(q, &lo, &hi, m, Sql::Integer));
             q.push("))");
         }
         Clause::Number { param, any } => {
             let x = q.alias("n");
-            open_lookup(q, a, types, "idx_number", &x, param);
+            open_lookup(q, a, types, "idx_number", &x, param, drive);
             let v = format!("{x}.value");
             or_each(q, any, |q, m| range_cond(q, &v, &v, m, Sql::Real));
             q.push("))");
         }
         Clause::Quantity { param, any } => {
             let x = q.alias("n");
-            open_lookup(q, a, types, "idx_number", &x, param);
+            open_lookup(q, a, types, "idx_number", &x, param, drive);
             let v = format!("{x}.value");
             or_each(q, any, |q, m| {
                 range_cond(q, &v, &v, &m.range, Sql::Real);
@@ -291,7 +303,7 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         }
         Clause::Uri { param, any } => {
             let x = q.alias("u");
-            open_lookup(q, a, types, "idx_uri", &x, param);
+            open_lookup(q, a, types, "idx_uri", &x, param, drive);
             or_each(q, any, |q, m| match m.mode {
                 UriMode::Exact => {
                     q.push(&format!("{x}.uri = "));
@@ -327,12 +339,12 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         }
         Clause::Not(inner) => {
             q.push("NOT (");
-            clause(q, inner, a, types);
+            clause(q, inner, a, types, false);
             q.push(")");
         }
         Clause::Any(cs) => {
             q.push("(");
-            or_each(q, cs, |q, c| clause(q, c, a, types));
+            or_each(q, cs, |q, c| clause(q, c, a, types, drive));
             q.push(")");
         }
         Clause::Chain {
@@ -342,26 +354,61 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         } => {
             let x = q.alias("cx");
             let t = q.alias("ct");
-            open_lookup(q, a, types, "idx_reference", &x, param);
-            q.push(&format!(
-                "EXISTS (SELECT 1 FROM resources {t} WHERE {t}.rtype = {x}.target_type AND {t}.id = {x}.target_id AND {t}.deleted = 0"
-            ));
-            if !target_types.is_empty() {
-                q.push(&format!(" AND {t}.rtype IN ("));
-                for (i, tt) in target_types.iter().enumerate() {
-                    if i > 0 {
-                        q.push(",");
-                    }
-                    q.text_arg(tt);
+            if !drive {
+                // check this candidate's references
+                q.push(&format!(
+                    "EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {t} \
+                     ON {t}.rtype = {x}.target_type AND {t}.id = {x}.target_id \
+                     WHERE {x}.rid = {a}.rid AND {x}.param = "
+                ));
+                q.text_arg(param);
+                q.push(&format!(" AND {t}.deleted = 0"));
+                in_types(q, &format!("{t}.rtype"), target_types);
+                for c in inner {
+                    q.push(" AND (");
+                    clause(q, c, &t, target_types, false);
+                    q.push(")");
                 }
                 q.push(")");
+                return;
             }
-            for c in inner {
-                q.push(" AND (");
-                clause(q, c, &t, target_types);
+            // inner first: the matching targets, then the references to them
+            open_lookup(q, a, types, "idx_reference", &x, param, true);
+            let lead = driver(inner);
+            let target = |q: &mut Q, tt: Option<&String>| {
+                match tt {
+                    Some(tt) => {
+                        q.push(&format!("{x}.target_type = "));
+                        q.text_arg(tt);
+                        // `+` lets an inner index lookup drive, as for the outer query
+                        let plus = if matches!(lead.map(|i| &inner[i]), None | Some(Clause::Id(_))) {
+                            ""
+                        } else {
+                            "+"
+                        };
+                        q.push(&format!(
+                            " AND {x}.target_id IN (SELECT {t}.id FROM resources {t} WHERE {t}.deleted = 0 AND {plus}{t}.rtype = "
+                        ));
+                        q.text_arg(tt);
+                    }
+                    None => q.push(&format!(
+                        "({x}.target_type, {x}.target_id) IN (SELECT {t}.rtype, {t}.id FROM resources {t} WHERE {t}.deleted = 0"
+                    )),
+                }
+                let types: Vec<String> = tt.into_iter().cloned().collect();
+                for (i, c) in inner.iter().enumerate() {
+                    q.push(" AND (");
+                    clause(q, c, &t, &types, Some(i) == lead);
+                    q.push(")");
+                }
                 q.push(")");
+            };
+            if target_types.is_empty() {
+                target(q, None);
+            } else {
+                or_each(q, target_types, |q, tt| target(q, Some(tt)));
             }
-            q.push(")))");
+            q.push("))");
         }
         Clause::Has {
             source_type,
@@ -370,21 +417,44 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
         } => {
             let x = q.alias("hx");
             let s = q.alias("hs");
+            if !drive {
+                // check the references to this candidate
+                q.push(&format!(
+                    "EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {s} ON {s}.rid = {x}.rid \
+                     WHERE {x}.target_type = {a}.rtype AND {x}.target_id = {a}.id AND +{x}.param = "
+                ));
+                q.text_arg(param);
+                // `+`: look up by target (idx_reference_target), not by type and parameter
+                q.push(&format!(" AND +{x}.rtype = "));
+                q.text_arg(source_type);
+                q.push(&format!(" AND {s}.deleted = 0"));
+                let src = vec![source_type.clone()];
+                for c in inner {
+                    q.push(" AND (");
+                    clause(q, c, &s, &src, false);
+                    q.push(")");
+                }
+                q.push(")");
+                return;
+            }
+            // inner first: the matching sources, then what they reference
             q.push(&format!(
                 "({a}.rtype, {a}.id) IN (SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} \
-                 JOIN resources {s} ON {s}.rid = {x}.rid AND {s}.deleted = 0 \
-                 WHERE {x}.rtype = "
+                 WHERE {x}.param = "
+            ));
+            q.text_arg(param);
+            q.push(&format!(
+                " AND {x}.rid IN (SELECT {s}.rid FROM resources {s} WHERE {s}.deleted = 0 AND +{s}.rtype = "
             ));
             q.text_arg(source_type);
-            q.push(&format!(" AND {x}.param = "));
-            q.text_arg(param);
             let src = vec![source_type.clone()];
-            for c in inner {
+            let lead = driver(inner);
+            for (i, c) in inner.iter().enumerate() {
                 q.push(" AND (");
-                clause(q, c, &s, &src);
+                clause(q, c, &s, &src, Some(i) == lead);
                 q.push(")");
             }
-            q.push(")");
+            q.push("))");
         }
     }
 }
@@ -505,16 +575,66 @@ fn inner(q: &SearchQuery) -> Q {
     let types: Vec<String> = if q.rtype.is_empty() {
         vec![]
     } else {
-        s.push(" AND r.rtype = ");
+        // With criteria, let the index lookups drive the query (`+` keeps SQLite from
+        // scanning every resource of the type instead); without, scan the type.
+        // (`_id` needs the (rtype, id) index itself.)
+        let lead = driver(&q.clauses).map(|i| &q.clauses[i]);
+        s.push(if matches!(lead, None | Some(Clause::Id(_))) {
+            " AND r.rtype = "
+        } else {
+            " AND +r.rtype = "
+        });
         s.text_arg(&q.rtype);
         vec![q.rtype.clone()]
     };
-    for c in &q.clauses {
+    let lead = driver(&q.clauses);
+    for (i, c) in q.clauses.iter().enumerate() {
         s.push(" AND (");
-        clause(&mut s, c, "r", &types);
+        clause(&mut s, c, "r", &types, Some(i) == lead);
         s.push(")");
     }
     s
+}
+
+/// ` AND {col} IN (types…)` when types are given.
+fn in_types(q: &mut Q, col: &str, types: &[String]) {
+    if types.is_empty() {
+        return;
+    }
+    q.push(&format!(" AND {col} IN ("));
+    for (i, t) in types.iter().enumerate() {
+        if i > 0 {
+            q.push(",");
+        }
+        q.text_arg(t);
+    }
+    q.push(")");
+}
+
+/// The clause that should produce the candidates: the most selective kind of lookup
+/// (ids, then references, tokens, exact strings, …); the others check candidates.
+fn driver(clauses: &[Clause]) -> Option<usize> {
+    fn rank(c: &Clause) -> Option<u8> {
+        Some(match c {
+            Clause::Id(_) => 0,
+            Clause::Reference { .. } => 1,
+            Clause::Token { .. } => 2,
+            Clause::Uri { .. } => 3,
+            Clause::String { .. } => 4,
+            Clause::Chain { .. } | Clause::Has { .. } => 5,
+            Clause::Quantity { .. } | Clause::Number { .. } => 6,
+            Clause::Date { .. } => 7,
+            // e.g. compartment membership: a union of lookups
+            Clause::Any(cs) if !cs.is_empty() && cs.iter().all(|c| rank(c).is_some()) => 1,
+            _ => return None,
+        })
+    }
+    clauses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| rank(c).map(|r| (r, i)))
+        .min()
+        .map(|(_, i)| i)
 }
 
 /// `ORDER BY` for the outer query, forwards or reversed.
