@@ -31,7 +31,7 @@ def patient_ids():
     ids, url = [], f"{BASE}/Patient?_count=1000&_elements=id"
     while url and len(ids) < 20000:
         b = get(url)
-        ids += [e["resource"]["id"] for e in b.get("entry", []) if e["search"]["mode"] == "match"]
+        ids += [e["resource"]["id"] for e in b.get("entry", []) if e.get("search", {}).get("mode", "match") == "match"]
         url = next((l["url"] for l in b.get("link", []) if l["relation"] == "next"), None)
     return ids
 
