@@ -11,7 +11,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use salus_service::response::{etag, history_bundle, searchset};
+use salus_service::response::{encode_pairs, etag, history_bundle, searchset};
 use salus_service::{parse_etag, parse_pairs, shape, time, FhirError, Return, WriteOutcome};
 use salus_store::{HistoryScope, VersionRecord};
 use serde_json::Value;
@@ -437,15 +437,7 @@ fn criteria(q: &Option<String>, what: &str) -> Result<String, ApiError> {
             "{what} on a resource type needs search criteria in the URL"
         )));
     }
-    Ok(form_urlencoded_serialize(&kept))
-}
-
-fn form_urlencoded_serialize(p: &[(String, String)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in p {
-        s.append_pair(k, v);
-    }
-    s.finish()
+    Ok(encode_pairs(&kept))
 }
 
 pub async fn patch(

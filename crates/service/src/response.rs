@@ -50,7 +50,8 @@ pub fn entry_for_write(r: &VersionRecord, status: u16, ret: Return, base: &str) 
     Value::Object(entry)
 }
 
-fn encode_pairs(pairs: &[(String, String)]) -> String {
+/// Percent-encode query pairs (`a=b&c=d`).
+pub fn encode_pairs(pairs: &[(String, String)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
         s.append_pair(k, v);
