@@ -8,13 +8,22 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
     let resources: Vec<Value> = defs::resource_types()
         .iter()
         .map(|t| {
-            let mut params = vec![
-                json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}),
-                json!({"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}),
-            ];
-            if let Some(p) = defs::search_param(t, "identifier") {
-                params.push(json!({"name": "identifier", "type": "token", "definition": p.url}));
+            // Every parameter this server indexes (composite and special ones are not yet).
+            let mut params = vec![];
+            let mut includes = vec![];
+            for p in defs::search_params(t) {
+                let supported = matches!(p.code.as_str(), "_id" | "_lastUpdated")
+                    || (salus_search::parse::index_kind(p.kind).is_some()
+                        && p.expression.is_some());
+                if !supported || matches!(p.code.as_str(), "_text" | "_content") {
+                    continue;
+                }
+                params.push(json!({"name": p.code, "type": p.kind.as_str(), "definition": p.url}));
+                if p.kind == defs::SearchParamType::Reference {
+                    includes.push(format!("{t}:{}", p.code));
+                }
             }
+            includes.push("*".to_string());
             json!({
                 "type": t,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
@@ -32,6 +41,8 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical"],
                 "searchParam": params,
+                "searchInclude": includes,
+                "searchRevInclude": ["*"],
                 "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
             })
         })
@@ -51,7 +62,8 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
             "mode": "server",
             "resource": resources,
             "interaction": [
-                {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}
+                {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                {"code": "search-system"}
             ]
         }]
     })

@@ -685,6 +685,38 @@ async fn metadata_health_metrics() {
     let resources = r.json["rest"][0]["resource"].as_array().unwrap();
     assert!(resources.iter().any(|x| x["type"] == "Patient"));
     assert!(resources.len() > 140, "every R4 resource type");
+    // the search parameters it lists are the ones it indexes
+    let obs = resources
+        .iter()
+        .find(|x| x["type"] == "Observation")
+        .unwrap();
+    let names: Vec<&str> = obs["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "_id",
+        "_lastUpdated",
+        "code",
+        "date",
+        "patient",
+        "value-quantity",
+        "_tag",
+    ] {
+        assert!(names.contains(&n), "{n} listed");
+    }
+    assert!(
+        !names.contains(&"code-value-quantity"),
+        "composite parameters are not claimed"
+    );
+    assert!(!names.contains(&"_text"), "full text is not claimed");
+    assert!(obs["searchInclude"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i == "Observation:patient"));
     assert!(r.json["format"]
         .as_array()
         .unwrap()
