@@ -243,17 +243,11 @@ pub async fn read(
             return Ok(resp);
         }
     }
-    shaped_version(&state, r, &p, fmt, &base)
+    shaped_version(r, &p, fmt, &base)
 }
 
 /// Apply `_summary`/`_elements` when asked, else return the stored text as is.
-fn shaped_version(
-    _state: &AppState,
-    r: VersionRecord,
-    p: &Pairs,
-    fmt: Format,
-    base: &str,
-) -> ApiResult {
+fn shaped_version(r: VersionRecord, p: &Pairs, fmt: Format, base: &str) -> ApiResult {
     let summary = p
         .iter()
         .find(|(k, _)| k == "_summary")
@@ -302,7 +296,7 @@ pub async fn vread(
     let fmt = response_format(&headers, &p)?;
     let base = base_url(&state, &headers);
     let r = state.service.vread(&rtype, &id, &vid).await?;
-    shaped_version(&state, r, &p, fmt, &base)
+    shaped_version(r, &p, fmt, &base)
 }
 
 pub async fn create_or_op(
