@@ -293,6 +293,47 @@ fn decimal_pow(base: Decimal, exp: i64) -> Option<Decimal> {
 // Dispatch
 // ------------------------------------------------------------------------------------------
 
+/// Defines, inside a function of the library, the shorthands `one!()` (the single input
+/// item; an empty input returns an empty result), `text!()` (that item as a string) and
+/// `str_arg!(i)` (the i-th argument as a string; empty returns empty).
+macro_rules! local_helpers {
+    ($self:ident, $c:ident, $input:ident, $scope:ident, $name:ident) => {
+        #[allow(unused_macros)]
+        macro_rules! one {
+            () => {
+                match single($input, $name)? {
+                    Some(i) => i,
+                    None => return Ok(Vec::new()),
+                }
+            };
+        }
+        #[allow(unused_macros)]
+        macro_rules! text {
+            () => {{
+                let item = one!();
+                match item.as_str() {
+                    Some(s) => s,
+                    None => {
+                        return Err(EvalError::type_err(format!(
+                            "{}() applies to strings",
+                            $name
+                        )))
+                    }
+                }
+            }};
+        }
+        #[allow(unused_macros)]
+        macro_rules! str_arg {
+            ($i:expr) => {
+                match $self.string_arg($c, $i, $scope)? {
+                    Some(s) => s,
+                    None => return Ok(Vec::new()),
+                }
+            };
+        }
+    };
+}
+
 impl<'a> Evaluator<'_, 'a> {
     /// Evaluate a lambda argument for each input item (with `$this` and `$index`).
     fn per_item(&self, input: &[Item<'a>], expr: &Node, i: usize) -> R<'a> {
@@ -467,37 +508,7 @@ impl<'a> Evaluator<'_, 'a> {
     fn call_collection(&self, c: &Call, input: &[Item<'a>], scope: &Scope<'_, 'a>) -> R<'a> {
         let name: &str = &c.name;
         let _ = (input, scope, name);
-        // The single input item for functions that take one (empty input → empty result).
-        #[allow(unused_macros)]
-        macro_rules! one {
-            () => {
-                match single(input, name)? {
-                    Some(i) => i,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
-        #[allow(unused_macros)]
-        macro_rules! text {
-            () => {{
-                let item = one!();
-                match item.as_str() {
-                    Some(s) => s,
-                    None => {
-                        return Err(EvalError::type_err(format!("{name}() applies to strings")))
-                    }
-                }
-            }};
-        }
-        #[allow(unused_macros)]
-        macro_rules! str_arg {
-            ($i:expr) => {
-                match self.string_arg(c, $i, scope)? {
-                    Some(s) => s,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
+        local_helpers!(self, c, input, scope, name);
         match c.func {
             Func::Empty => boolean(input.is_empty()),
             Func::Exists => {
@@ -643,37 +654,7 @@ impl<'a> Evaluator<'_, 'a> {
     fn call_conversion(&self, c: &Call, input: &[Item<'a>], scope: &Scope<'_, 'a>) -> R<'a> {
         let name: &str = &c.name;
         let _ = (input, scope, name);
-        // The single input item for functions that take one (empty input → empty result).
-        #[allow(unused_macros)]
-        macro_rules! one {
-            () => {
-                match single(input, name)? {
-                    Some(i) => i,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
-        #[allow(unused_macros)]
-        macro_rules! text {
-            () => {{
-                let item = one!();
-                match item.as_str() {
-                    Some(s) => s,
-                    None => {
-                        return Err(EvalError::type_err(format!("{name}() applies to strings")))
-                    }
-                }
-            }};
-        }
-        #[allow(unused_macros)]
-        macro_rules! str_arg {
-            ($i:expr) => {
-                match self.string_arg(c, $i, scope)? {
-                    Some(s) => s,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
+        local_helpers!(self, c, input, scope, name);
         match c.func {
             Func::Iif => {
                 let crit_scope = match &c.target {
@@ -733,37 +714,7 @@ impl<'a> Evaluator<'_, 'a> {
     fn call_string(&self, c: &Call, input: &[Item<'a>], scope: &Scope<'_, 'a>) -> R<'a> {
         let name: &str = &c.name;
         let _ = (input, scope, name);
-        // The single input item for functions that take one (empty input → empty result).
-        #[allow(unused_macros)]
-        macro_rules! one {
-            () => {
-                match single(input, name)? {
-                    Some(i) => i,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
-        #[allow(unused_macros)]
-        macro_rules! text {
-            () => {{
-                let item = one!();
-                match item.as_str() {
-                    Some(s) => s,
-                    None => {
-                        return Err(EvalError::type_err(format!("{name}() applies to strings")))
-                    }
-                }
-            }};
-        }
-        #[allow(unused_macros)]
-        macro_rules! str_arg {
-            ($i:expr) => {
-                match self.string_arg(c, $i, scope)? {
-                    Some(s) => s,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
+        local_helpers!(self, c, input, scope, name);
         match c.func {
             Func::IndexOf => {
                 let s = text!();
@@ -906,37 +857,7 @@ impl<'a> Evaluator<'_, 'a> {
     fn call_other(&self, c: &Call, input: &[Item<'a>], scope: &Scope<'_, 'a>) -> R<'a> {
         let name: &str = &c.name;
         let _ = (input, scope, name);
-        // The single input item for functions that take one (empty input → empty result).
-        #[allow(unused_macros)]
-        macro_rules! one {
-            () => {
-                match single(input, name)? {
-                    Some(i) => i,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
-        #[allow(unused_macros)]
-        macro_rules! text {
-            () => {{
-                let item = one!();
-                match item.as_str() {
-                    Some(s) => s,
-                    None => {
-                        return Err(EvalError::type_err(format!("{name}() applies to strings")))
-                    }
-                }
-            }};
-        }
-        #[allow(unused_macros)]
-        macro_rules! str_arg {
-            ($i:expr) => {
-                match self.string_arg(c, $i, scope)? {
-                    Some(s) => s,
-                    None => return Ok(Vec::new()),
-                }
-            };
-        }
+        local_helpers!(self, c, input, scope, name);
         match c.func {
             Func::Abs
             | Func::Ceiling

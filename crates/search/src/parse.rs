@@ -553,30 +553,27 @@ pub fn param_clause(types: &[String], key: &str, value: &str) -> Result<Clause, 
                     .collect(),
             }
         }
-        SearchParamType::Date => {
+        SearchParamType::Date | SearchParamType::Number => {
             if let Some(m) = modifier {
                 return Err(unsupported(m));
             }
-            let any = vals
-                .iter()
-                .map(|v| date_match(code, v))
-                .collect::<Result<Vec<_>, _>>()?;
-            ne_split(Clause::Date {
-                param: code.to_string(),
-                any,
-            })
-        }
-        SearchParamType::Number => {
-            if let Some(m) = modifier {
-                return Err(unsupported(m));
-            }
-            let any = vals
-                .iter()
-                .map(|v| number_match(code, v))
-                .collect::<Result<Vec<_>, _>>()?;
-            ne_split(Clause::Number {
-                param: code.to_string(),
-                any,
+            let param = code.to_string();
+            ne_split(if def.kind == SearchParamType::Date {
+                Clause::Date {
+                    param,
+                    any: vals
+                        .iter()
+                        .map(|v| date_match(code, v))
+                        .collect::<Result<_, _>>()?,
+                }
+            } else {
+                Clause::Number {
+                    param,
+                    any: vals
+                        .iter()
+                        .map(|v| number_match(code, v))
+                        .collect::<Result<_, _>>()?,
+                }
             })
         }
         SearchParamType::Quantity => {
