@@ -260,3 +260,55 @@ async fn synthea_bulk_sample_imports_completely() {
         .sum();
     assert_eq!(total as usize, expected);
 }
+
+/// A file that passes validation but fails while being written (a conditional
+/// reference that matches nothing) sits between good files of the same batch: the
+/// good files before and after it are kept, nothing of it is.
+#[tokio::test]
+async fn a_file_failing_at_write_time_leaves_its_batch_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, svc) = local(dir.path());
+    let bundle = |family: &str, subject: &str| {
+        json!({"resourceType":"Bundle","type":"transaction","entry":[
+            {"fullUrl":"urn:uuid:33333333-3333-4333-8333-333333333333","resource":{"resourceType":"Patient","name":[{"family":family}]},"request":{"method":"POST","url":"Patient"}},
+            {"resource":{"resourceType":"Observation","status":"final","code":{"text":family},"subject":{"reference":subject}},"request":{"method":"POST","url":"Observation"}}
+        ]})
+    };
+    let ok = "urn:uuid:33333333-3333-4333-8333-333333333333";
+    for (name, b) in [
+        ("a.json", bundle("Before", ok)),
+        (
+            "b.json",
+            bundle("Broken", "Patient?identifier=urn:x|nobody"),
+        ),
+        ("c.json", bundle("After", ok)),
+    ] {
+        std::fs::write(dir.path().join(name), b.to_string()).unwrap();
+    }
+    // The same resource twice in one NDJSON file: the second is version 2.
+    std::fs::write(
+        dir.path().join("d.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"twice\",\"active\":false}\n{\"resourceType\":\"Patient\",\"id\":\"twice\",\"active\":true}\n",
+    )
+    .unwrap();
+    let report = import_paths(
+        &Target::Local(svc.clone()),
+        &[dir.path().to_path_buf()],
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files_failed, 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].location.ends_with("b.json")
+            && report.problems[0].reason.contains("nobody"),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.resources, 6);
+    assert_eq!(count(&svc, "Patient").await, 3, "Before, After, twice");
+    assert_eq!(count(&svc, "Observation").await, 2);
+    let twice = svc.read("Patient", "twice").await.unwrap();
+    assert_eq!(twice.version, 2);
+    assert!(twice.body.as_deref().unwrap().contains("\"active\":true"));
+}

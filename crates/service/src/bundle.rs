@@ -36,6 +36,24 @@ enum Verb {
     Head,
 }
 
+/// A transaction Bundle parsed and validated, ready to apply
+/// ([`FhirService::prepare_bundle`]).
+#[derive(Debug)]
+pub struct PreparedTransaction {
+    entries: Vec<Entry>,
+}
+
+impl PreparedTransaction {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// One parsed `Bundle.entry`.
 #[derive(Debug)]
 struct Entry {
@@ -396,14 +414,32 @@ impl FhirService {
 
     /// Apply a transaction Bundle inside an existing store transaction (bulk import);
     /// returns the number of entries. The caller commits or rolls back.
-    pub async fn transaction_into(&self, tx: &mut dyn StoreTx, mut bundle: Value) -> Result<usize> {
+    pub async fn transaction_into(&self, tx: &mut dyn StoreTx, bundle: Value) -> Result<usize> {
+        let prepared = self.prepare_bundle(bundle)?;
+        self.apply_prepared(tx, prepared).await
+    }
+
+    /// The part of [`FhirService::transaction_into`] that needs no store: parse and
+    /// validate every entry (all problems at once). Bulk import runs it on another
+    /// thread while the previous Bundle is being written.
+    pub fn prepare_bundle(&self, mut bundle: Value) -> Result<PreparedTransaction> {
         let raw = match bundle.get_mut("entry").map(Value::take) {
             Some(Value::Array(a)) => a,
             _ => vec![],
         };
-        let n = raw.len();
-        let entries = self.prepare_transaction(raw)?;
-        self.transaction_in(tx, entries, Return::Minimal, "")
+        Ok(PreparedTransaction {
+            entries: self.prepare_transaction(raw)?,
+        })
+    }
+
+    /// Apply a [`PreparedTransaction`] inside `tx`; returns the number of entries.
+    pub async fn apply_prepared(
+        &self,
+        tx: &mut dyn StoreTx,
+        prepared: PreparedTransaction,
+    ) -> Result<usize> {
+        let n = prepared.entries.len();
+        self.transaction_in(tx, prepared.entries, Return::Minimal, "")
             .await?;
         Ok(n)
     }

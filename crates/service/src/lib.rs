@@ -21,7 +21,7 @@ pub mod shape;
 pub use salus_fhir::instant as time;
 
 pub use bundle::parse_etag;
-pub use bundle::BundleKind;
+pub use bundle::{BundleKind, PreparedTransaction};
 pub use error::status_line;
 pub use error::FhirError;
 pub use import::ImportFailure;

@@ -4,7 +4,8 @@ use crate::query::parse_pairs;
 use crate::{index, time, FhirError, Result};
 use salus_fhir::{defs, validate::validate_resource, Issue, IssueCode};
 use salus_store::{
-    HistoryPage, HistoryQuery, HistoryScope, Method, NewVersion, Store, StoreTx, VersionRecord,
+    Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Store, StoreTx,
+    VersionRecord,
 };
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -166,9 +167,10 @@ pub(crate) fn finalize(body: Value, id: &str, version: u64, last_updated: i64) -
 }
 
 /// `lastUpdated` for a new version: now, but never before the previous version.
-fn next_timestamp(now: i64, prev: Option<&VersionRecord>) -> i64 {
+/// A version's `lastUpdated`: now, but always after the previous version's.
+fn next_timestamp(now: i64, prev: Option<i64>) -> i64 {
     match prev {
-        Some(p) if p.last_updated >= now => p.last_updated + 1_000,
+        Some(p) if p >= now => p + 1_000,
         _ => now,
     }
 }
@@ -204,23 +206,42 @@ pub(crate) async fn tx_write(
     if_match: Option<u64>,
     method: Method,
 ) -> Result<WriteOutcome> {
-    let current = tx.read(rtype, id).await?;
-    check_if_match(current.as_ref(), if_match, rtype, id)?;
-    let version = current.as_ref().map_or(1, |c| c.version + 1);
-    let last_updated = next_timestamp(time::now_micros(), current.as_ref());
+    // Index rows first: the store may still be applying the previous write meanwhile.
     let index = index::extract(&body);
-    let text = finalize(body, id, version, last_updated);
-    let created = current.as_ref().is_none_or(|c| c.is_deleted());
-    let method = if created && method == Method::Put && current.is_none() {
-        Method::Put
+    // A POST's id was just generated (a random UUID): nothing can be stored under it.
+    let current = if method == Method::Post {
+        None
     } else {
-        method
+        tx.read(rtype, id).await?
     };
+    check_if_match(current.as_ref(), if_match, rtype, id)?;
+    let head = current.as_ref().map(|c| Head {
+        version: c.version,
+        last_updated: c.last_updated,
+        deleted: c.is_deleted(),
+    });
+    put_version(tx, rtype, id, body, index, head, method).await
+}
+
+/// Store `body` as the version after `current` (None: a new resource).
+pub(crate) async fn put_version(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    id: &str,
+    body: Value,
+    index: Vec<IndexRow>,
+    current: Option<Head>,
+    method: Method,
+) -> Result<WriteOutcome> {
+    let version = current.map_or(1, |c| c.version + 1);
+    let last_updated = next_timestamp(time::now_micros(), current.map(|c| c.last_updated));
+    let text = finalize(body, id, version, last_updated);
+    let created = current.is_none_or(|c| c.deleted);
     tx.put(NewVersion {
         rtype: rtype.to_string(),
         id: id.to_string(),
         version,
-        expected_version: current.as_ref().map(|c| c.version),
+        expected_version: current.map(|c| c.version),
         last_updated,
         method,
         body: Some(text.clone()),
@@ -259,7 +280,7 @@ pub(crate) async fn tx_delete(
         return Ok(None);
     }
     let version = current.version + 1;
-    let last_updated = next_timestamp(time::now_micros(), Some(&current));
+    let last_updated = next_timestamp(time::now_micros(), Some(current.last_updated));
     tx.put(NewVersion {
         rtype: rtype.to_string(),
         id: id.to_string(),

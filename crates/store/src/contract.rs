@@ -6,8 +6,8 @@
 
 use crate::{
     Clause, HistoryQuery, HistoryScope, IndexKind, IndexRow, Method, NewVersion, Page, Prefix,
-    QuantityMatch, RangeMatch, SearchQuery, SortField, SortKey, Store, StoreError, StringMatch,
-    StringMode, TokenMatch, UriMatch, UriMode,
+    QuantityMatch, RangeMatch, Result, SearchQuery, SortField, SortKey, Store, StoreError, StoreTx,
+    StringMatch, StringMode, TokenMatch, UriMatch, UriMode,
 };
 use std::sync::Arc;
 
@@ -562,28 +562,65 @@ pub async fn create_read_vread(store: Arc<dyn Store>) {
     assert!(store.read("CrudA", "nope").await.unwrap().is_none());
 }
 
+/// A write and the commit after it, as one result: a backend may report a write's
+/// failure at `put` or at the next call that waits (see [`StoreTx::put`]).
+pub async fn put_and_commit(mut tx: Box<dyn StoreTx>, write: NewVersion) -> Result<()> {
+    tx.put(write).await?;
+    tx.commit().await
+}
+
 pub async fn version_conflicts_are_detected(store: Arc<dyn Store>) {
-    let mut tx = store.begin().await.unwrap();
-    tx.put(new_version("ConfA", "1", 1, None, "{}"))
+    let tx = store.begin().await.unwrap();
+    put_and_commit(tx, new_version("ConfA", "1", 1, None, "{}"))
         .await
         .unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
-    let err = tx
-        .put(new_version("ConfA", "1", 1, None, "{}"))
+    let tx = store.begin().await.unwrap();
+    let err = put_and_commit(tx, new_version("ConfA", "1", 1, None, "{}"))
         .await
         .unwrap_err();
     assert!(
         matches!(err, StoreError::VersionConflict { found: Some(1), .. }),
         "creating an existing resource conflicts: {err:?}"
     );
-    drop(tx);
-    let mut tx = store.begin().await.unwrap();
-    let err = tx
-        .put(new_version("ConfA", "1", 3, Some(2), "{}"))
+    let tx = store.begin().await.unwrap();
+    let err = put_and_commit(tx, new_version("ConfA", "1", 3, Some(2), "{}"))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::VersionConflict { .. }));
+    // A failed write fails the transaction: nothing after it lands, and a read reports it.
+    let mut tx = store.begin().await.unwrap();
+    let first = tx.put(new_version("ConfA", "1", 5, Some(4), "{}")).await;
+    let later = tx.put(new_version("ConfB", "1", 1, None, "{}")).await;
+    let read = tx.read("ConfB", "1").await;
+    assert!(
+        first.is_err() || later.is_err() || read.is_err(),
+        "the conflict is reported by the time the transaction reads"
+    );
+    drop(tx);
+    assert!(store.read("ConfB", "1").await.unwrap().is_none());
+    assert_eq!(store.read("ConfA", "1").await.unwrap().unwrap().version, 1);
+    // heads: version, time and deletion of many keys at once.
+    let mut tx = store.begin().await.unwrap();
+    let mut del = new_version("ConfA", "2", 1, None, "");
+    del.body = None;
+    tx.put(del).await.unwrap();
+    let heads = tx
+        .heads(&[
+            ("ConfA".into(), "1".into()),
+            ("ConfA".into(), "nope".into()),
+            ("ConfA".into(), "2".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(heads.len(), 3);
+    let h = heads[0].expect("ConfA/1");
+    assert_eq!((h.version, h.deleted), (1, false));
+    assert!(heads[1].is_none());
+    assert!(
+        heads[2]
+            .expect("ConfA/2 is seen inside its transaction")
+            .deleted
+    );
 }
 
 pub async fn dropped_transaction_rolls_back(store: Arc<dyn Store>) {
@@ -783,21 +820,10 @@ pub async fn concurrent_writers_lose_no_update(store: Arc<dyn Store>) {
             let mut done = 0;
             while done < 5 {
                 let cur = store.read("ConcA", "1").await.unwrap().unwrap();
-                let mut tx = store.begin().await.unwrap();
-                match tx
-                    .put(new_version(
-                        "ConcA",
-                        "1",
-                        cur.version + 1,
-                        Some(cur.version),
-                        "{}",
-                    ))
-                    .await
-                {
-                    Ok(()) => {
-                        tx.commit().await.unwrap();
-                        done += 1;
-                    }
+                let tx = store.begin().await.unwrap();
+                let write = new_version("ConcA", "1", cur.version + 1, Some(cur.version), "{}");
+                match put_and_commit(tx, write).await {
+                    Ok(()) => done += 1,
                     Err(StoreError::VersionConflict { .. }) => continue,
                     Err(e) => panic!("unexpected error {e}"),
                 }

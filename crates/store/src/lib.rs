@@ -94,11 +94,23 @@ pub trait StoreTx: Send {
     /// Latest version as seen inside this transaction (including its own writes).
     async fn read(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>>;
 
+    /// Version, time and deletion state of the latest version of each key (one answer
+    /// per key, in order), as seen inside this transaction; cheaper than [`read`] for
+    /// many resources at once.
+    ///
+    /// [`read`]: StoreTx::read
+    async fn heads(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<Head>>>;
+
     /// Search as seen inside this transaction (for conditional operations).
     async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage>;
 
     /// Store a new version. Fails with [`StoreError::VersionConflict`] unless the
     /// resource's latest version equals `write.expected_version` (None: never stored).
+    ///
+    /// A backend may queue the write and return at once; its failure is then reported
+    /// by the next call on this transaction that waits (`read`, `heads`, `search`,
+    /// `savepoint`, `release_savepoint`, `commit`), and later writes are not applied.
+    /// `rollback_to_savepoint` undoes the failed write with the rest of its unit.
     async fn put(&mut self, write: NewVersion) -> Result<()>;
 
     /// Mark a point inside the transaction that [`StoreTx::rollback_to_savepoint`] can

@@ -52,6 +52,15 @@ impl VersionRecord {
     }
 }
 
+/// The latest version of a resource, without its body (see [`crate::StoreTx::heads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub version: u64,
+    /// Microseconds since the Unix epoch (UTC).
+    pub last_updated: i64,
+    pub deleted: bool,
+}
+
 /// A version to store.
 #[derive(Debug, Clone)]
 pub struct NewVersion {

@@ -4,16 +4,22 @@
 //! one SQLite transaction (`BEGIN IMMEDIATE` on the single writer), so a crash never
 //! leaves a version without its indexes. Readers use separate connections and see the
 //! last committed state (WAL snapshot isolation).
+//!
+//! The writer connection lives on its own thread. Writes are queued to it and run in
+//! order while the caller prepares the next one (validation, index extraction and
+//! serialization overlap with B-tree inserts, on the second core); anything that
+//! returns data or ends a unit of work waits for the queue to drain, and reports a
+//! queued write's failure (see [`StoreTx::put`]).
 
 use crate::{
-    HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result, SearchPage,
-    SearchQuery, Store, StoreError, StoreTx, VersionRecord,
+    Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result,
+    SearchPage, SearchQuery, Store, StoreError, StoreTx, VersionRecord,
 };
 use async_trait::async_trait;
 use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex, OwnedMutexGuard, Semaphore};
 
 /// Durability of a commit (SQLite `PRAGMA synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,8 +125,80 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     options: SqliteOptions,
-    writer: Arc<AsyncMutex<Connection>>,
+    /// Held for the life of a write transaction: one at a time.
+    lock: Arc<AsyncMutex<()>>,
+    writer: Writer,
     readers: Mutex<Vec<Connection>>,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Writes queued (and not yet run) on the writer thread, at most.
+const QUEUED_WRITES: usize = 256;
+
+/// Handle to the thread that owns the writer connection. Jobs run in the order sent;
+/// the thread ends (closing the connection) when the last handle is dropped.
+#[derive(Clone)]
+struct Writer {
+    jobs: mpsc::UnboundedSender<Job>,
+    queued: Arc<Semaphore>,
+}
+
+impl Writer {
+    fn spawn(mut conn: Connection) -> Result<Writer> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("salus-sqlite-writer".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer {
+            jobs: tx,
+            queued: Arc::new(Semaphore::new(QUEUED_WRITES)),
+        })
+    }
+
+    /// Run `f` on the writer connection and wait for its result.
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |c: &mut Connection| {
+                let _ = tx.send(f(c));
+            }))
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    /// Queue `f` without waiting (waits only while the queue is full).
+    async fn queue(&self, f: impl FnOnce(&mut Connection) + Send + 'static) -> Result<()> {
+        let permit = self
+            .queued
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| writer_gone())?;
+        self.jobs
+            .send(Box::new(move |c: &mut Connection| {
+                f(c);
+                drop(permit);
+            }))
+            .map_err(|_| writer_gone())
+    }
+
+    /// Queue `f` from synchronous code (never waits).
+    fn queue_now(&self, f: impl FnOnce(&mut Connection) + Send + 'static) {
+        let _ = self.jobs.send(Box::new(f));
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Backend("the SQLite writer thread has stopped".into())
 }
 
 impl SqliteStore {
@@ -141,7 +219,8 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 options,
-                writer: Arc::new(AsyncMutex::new(writer)),
+                lock: Arc::new(AsyncMutex::new(())),
+                writer: Writer::spawn(writer)?,
                 readers: Mutex::new(Vec::new()),
             }),
         })
@@ -174,9 +253,14 @@ impl SqliteStore {
 
     /// Flush the WAL into the main database file (used at shutdown).
     pub async fn checkpoint(&self) -> Result<()> {
-        let w = self.inner.writer.lock().await;
-        w.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .map_err(db_err)
+        let _lock = self.inner.lock.lock().await;
+        self.inner
+            .writer
+            .call(|c| {
+                c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                    .map_err(db_err)
+            })
+            .await
     }
 }
 
@@ -374,9 +458,17 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-        let conn = self.inner.writer.clone().lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
-        Ok(Box::new(SqliteTx { conn, open: true }))
+        let lock = self.inner.lock.clone().lock_owned().await;
+        let writer = self.inner.writer.clone();
+        writer
+            .call(|c| c.execute_batch("BEGIN IMMEDIATE").map_err(db_err))
+            .await?;
+        Ok(Box::new(SqliteTx {
+            _lock: lock,
+            writer,
+            failed: Arc::new(Mutex::new(None)),
+            open: true,
+        }))
     }
 
     async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>> {
@@ -460,99 +552,136 @@ impl Store for SqliteStore {
     }
 }
 
-/// The writer connection, held for the life of a transaction.
+/// A write transaction: holds the store's write lock; its work runs on the writer
+/// thread.
 struct SqliteTx {
-    conn: OwnedMutexGuard<Connection>,
+    _lock: OwnedMutexGuard<()>,
+    writer: Writer,
+    /// The first failure of a queued write, reported by the next call that waits.
+    failed: Arc<Mutex<Option<StoreError>>>,
     open: bool,
 }
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
         if self.open {
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                tracing::error!(error = %e, "rollback failed");
-            }
+            // Queued before the lock is released, so it runs before the next BEGIN.
+            self.writer.queue_now(|c| {
+                if let Err(e) = c.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %e, "rollback failed");
+                }
+            });
         }
     }
 }
 
 impl SqliteTx {
-    fn put_sync(&mut self, w: NewVersion) -> Result<()> {
-        let conn: &Connection = &self.conn;
-        let found: Option<(i64, i64)> = conn
-            .prepare_cached("SELECT version, rid FROM resources WHERE rtype = ?1 AND id = ?2")
-            .map_err(db_err)?
-            .query_row(params![w.rtype, w.id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })
-            .optional()
-            .map_err(db_err)?;
-        let rid = found.map(|f| f.1);
-        let found = found.map(|f| f.0 as u64);
-        if found != w.expected_version {
-            return Err(StoreError::VersionConflict {
-                rtype: w.rtype,
-                id: w.id,
-                expected: w.expected_version,
-                found,
-            });
+    /// The failure of an earlier queued write, if any (taken: reported once).
+    fn take_failure(&self) -> Result<()> {
+        match self.failed.lock().expect("failure slot").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        conn.prepare_cached(
-            "INSERT INTO resource_versions (rtype, id, version, last_updated, method, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .map_err(db_err)?
-        .execute(params![
-            w.rtype,
-            w.id,
-            w.version as i64,
-            w.last_updated,
-            w.method.as_str(),
-            w.body
-        ])
-        .map_err(db_err)?;
-        let seq = conn.last_insert_rowid();
-        let rid =
-            match rid {
-                Some(rid) => {
-                    conn.prepare_cached(
-                    "UPDATE resources SET version = ?2, seq = ?3, deleted = ?4, last_updated = ?5 \
-                     WHERE rid = ?1",
-                )
-                .map_err(db_err)?
-                .execute(params![rid, w.version as i64, seq, w.body.is_none(), w.last_updated])
-                .map_err(db_err)?;
-                    for table in INDEX_TABLES {
-                        conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
-                            .map_err(db_err)?
-                            .execute(params![rid])
-                            .map_err(db_err)?;
-                    }
-                    rid
-                }
-                None => {
-                    conn.prepare_cached(
-                        "INSERT INTO resources (rtype, id, version, seq, deleted, last_updated) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )
-                    .map_err(db_err)?
-                    .execute(params![
-                        w.rtype,
-                        w.id,
-                        w.version as i64,
-                        seq,
-                        w.body.is_none(),
-                        w.last_updated
-                    ])
-                    .map_err(db_err)?;
-                    conn.last_insert_rowid()
-                }
-            };
-        if w.body.is_some() {
-            insert_index(conn, &w.rtype, rid, &w.index)?;
-        }
-        Ok(())
     }
+
+    /// Run `f` on the writer connection after every queued write, reporting a queued
+    /// write's failure first.
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let failed = self.failed.clone();
+        let r = self
+            .writer
+            .call(move |c| match failed.lock().expect("failure slot").take() {
+                Some(e) => Err(e),
+                None => f(c),
+            })
+            .await;
+        self.take_failure()?;
+        r
+    }
+}
+
+fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
+    let found: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT version, rid FROM resources WHERE rtype = ?1 AND id = ?2")
+        .map_err(db_err)?
+        .query_row(params![w.rtype, w.id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()
+        .map_err(db_err)?;
+    let rid = found.map(|f| f.1);
+    let found = found.map(|f| f.0 as u64);
+    if found != w.expected_version {
+        return Err(StoreError::VersionConflict {
+            rtype: w.rtype,
+            id: w.id,
+            expected: w.expected_version,
+            found,
+        });
+    }
+    conn.prepare_cached(
+        "INSERT INTO resource_versions (rtype, id, version, last_updated, method, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        w.rtype,
+        w.id,
+        w.version as i64,
+        w.last_updated,
+        w.method.as_str(),
+        w.body
+    ])
+    .map_err(db_err)?;
+    let seq = conn.last_insert_rowid();
+    let rid = match rid {
+        Some(rid) => {
+            conn.prepare_cached(
+                "UPDATE resources SET version = ?2, seq = ?3, deleted = ?4, last_updated = ?5 \
+                 WHERE rid = ?1",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                rid,
+                w.version as i64,
+                seq,
+                w.body.is_none(),
+                w.last_updated
+            ])
+            .map_err(db_err)?;
+            for table in INDEX_TABLES {
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
+                    .map_err(db_err)?
+                    .execute(params![rid])
+                    .map_err(db_err)?;
+            }
+            rid
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO resources (rtype, id, version, seq, deleted, last_updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                w.rtype,
+                w.id,
+                w.version as i64,
+                seq,
+                w.body.is_none(),
+                w.last_updated
+            ])
+            .map_err(db_err)?;
+            conn.last_insert_rowid()
+        }
+    };
+    if w.body.is_some() {
+        insert_index(conn, &w.rtype, rid, &w.index)?;
+    }
+    Ok(())
 }
 
 /// Insert a resource's index rows. Absent systems, types and versions are stored as
@@ -624,33 +753,83 @@ fn insert_index(conn: &Connection, rtype: &str, rid: i64, rows: &[IndexRow]) -> 
 #[async_trait]
 impl StoreTx for SqliteTx {
     async fn read(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
-        read_latest(&self.conn, rtype, id)
+        let (rtype, id) = (rtype.to_string(), id.to_string());
+        self.call(move |c| read_latest(c, &rtype, &id)).await
+    }
+
+    async fn heads(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<Head>>> {
+        let keys = keys.to_vec();
+        self.call(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT version, last_updated, deleted FROM resources WHERE rtype = ?1 AND id = ?2",
+                )
+                .map_err(db_err)?;
+            keys.iter()
+                .map(|(t, id)| {
+                    st.query_row(params![t, id], |r| {
+                        Ok(Head {
+                            version: r.get::<_, i64>(0)? as u64,
+                            last_updated: r.get(1)?,
+                            deleted: r.get(2)?,
+                        })
+                    })
+                    .optional()
+                    .map_err(db_err)
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
-        search(&self.conn, query)
+        let query = query.clone();
+        self.call(move |c| search(c, &query)).await
     }
 
     async fn put(&mut self, write: NewVersion) -> Result<()> {
-        self.put_sync(write)
+        self.take_failure()?;
+        let failed = self.failed.clone();
+        self.writer
+            .queue(move |c| {
+                if failed.lock().expect("failure slot").is_some() {
+                    return; // the transaction has already failed
+                }
+                if let Err(e) = put_sync(c, write) {
+                    *failed.lock().expect("failure slot") = Some(e);
+                }
+            })
+            .await
     }
 
     async fn savepoint(&mut self) -> Result<()> {
-        self.conn.execute_batch("SAVEPOINT unit").map_err(db_err)
+        self.call(|c| c.execute_batch("SAVEPOINT unit").map_err(db_err))
+            .await
     }
 
     async fn rollback_to_savepoint(&mut self) -> Result<()> {
-        self.conn
-            .execute_batch("ROLLBACK TO unit; RELEASE unit")
-            .map_err(db_err)
+        // A queued write that failed inside the unit is undone with it.
+        let failed = self.failed.clone();
+        let r = self
+            .writer
+            .call(move |c| {
+                failed.lock().expect("failure slot").take();
+                c.execute_batch("ROLLBACK TO unit; RELEASE unit")
+                    .map_err(db_err)
+            })
+            .await;
+        self.failed.lock().expect("failure slot").take();
+        r
     }
 
     async fn release_savepoint(&mut self) -> Result<()> {
-        self.conn.execute_batch("RELEASE unit").map_err(db_err)
+        self.call(|c| c.execute_batch("RELEASE unit").map_err(db_err))
+            .await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.conn.execute_batch("COMMIT").map_err(db_err)?;
+        self.call(|c| c.execute_batch("COMMIT").map_err(db_err))
+            .await?;
         self.open = false;
         Ok(())
     }
