@@ -8,13 +8,14 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
     let resources: Vec<Value> = defs::resource_types()
         .iter()
         .map(|t| {
-            // Every parameter this server indexes (composite and special ones are not yet).
+            // Every parameter this server indexes (special ones, `near`, are not).
             let mut params = vec![];
             let mut includes = vec![];
             for p in defs::search_params(t) {
                 let supported = matches!(p.code.as_str(), "_id" | "_lastUpdated")
                     || (salus_search::parse::index_kind(p.kind).is_some()
-                        && p.expression.is_some());
+                        && p.expression.is_some())
+                    || salus_search::parse::composite_value_def(p).is_some();
                 if !supported || matches!(p.code.as_str(), "_text" | "_content") {
                     continue;
                 }

@@ -396,3 +396,100 @@ async fn compartment_and_system_search() {
     app.delete(&format!("/Patient/{}", w.p1)).await.expect(204);
     assert!(find(&app, "/Patient?family=zoe").await.is_empty());
 }
+
+/// Composite parameters (R4 search.html#composite): both components must match on the
+/// same element — a blood pressure's systolic component, not any component.
+#[tokio::test]
+async fn composite_parameters_match_within_one_element() {
+    let app = app();
+    let bp = |sys: f64, dia: f64| {
+        json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": sys, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+             "valueQuantity": {"value": dia, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+        ]})
+    };
+    let high = app.create(&bp(150.0, 95.0)).await;
+    let normal = app.create(&bp(120.0, 80.0)).await;
+    let weight = app
+        .create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}], "text": "weight"},
+            "valueQuantity": {"value": 80, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}))
+        .await;
+    let smoker = app
+        .create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "72166-2"}]},
+            "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "449868002"}]},
+            "effectiveDateTime": "2024-05-01"}))
+        .await;
+    let q = "/Observation?component-code-value-quantity=";
+    assert_eq!(
+        find(&app, &format!("{q}http://loinc.org|8480-6$gt140")).await,
+        vec![high.clone()]
+    );
+    assert_eq!(
+        find(&app, &format!("{q}8462-4$lt90")).await,
+        vec![normal.clone()],
+        "a code without a system matches any system"
+    );
+    assert!(
+        find(&app, &format!("{q}8480-6$95")).await.is_empty(),
+        "95 is the diastolic value, not the systolic"
+    );
+    assert!(find(&app, &format!("{q}http://other|8480-6$gt140"))
+        .await
+        .is_empty());
+    let mut both = vec![high.clone(), normal.clone()];
+    both.sort();
+    assert_eq!(
+        find(&app, &format!("{q}8480-6$gt140,8462-4$lt90")).await,
+        both,
+        "comma-separated values are alternatives"
+    );
+    assert_eq!(
+        find(&app, &format!("{q}8480-6$120||mm[Hg]")).await,
+        vec![normal.clone()],
+        "quantity with its unit"
+    );
+    assert_eq!(
+        find(
+            &app,
+            "/Observation?code-value-quantity=http://loinc.org|29463-7$ge80"
+        )
+        .await,
+        vec![weight.clone()]
+    );
+    assert_eq!(
+        find(
+            &app,
+            "/Observation?code-value-concept=72166-2$http://snomed.info/sct|449868002"
+        )
+        .await,
+        vec![smoker.clone()]
+    );
+    assert_eq!(
+        find(&app, "/Observation?combo-code-value-quantity=8480-6$ge150").await,
+        vec![high.clone()],
+        "combo covers the code and the components"
+    );
+    // Bad input gets a clear error.
+    for bad in [
+        "/Observation?component-code-value-quantity=8480-6",
+        "/Observation?component-code-value-quantity=8480-6$gtx",
+        "/Observation?component-code-value-quantity:exact=8480-6$1",
+    ] {
+        let r = app
+            .req("GET", bad, &[("prefer", "handling=strict")], None)
+            .await;
+        assert!(
+            r.status == 400 || r.status == 501,
+            "{bad}: {} {}",
+            r.status,
+            r.json
+        );
+        assert_eq!(r.json["resourceType"], "OperationOutcome", "{bad}");
+    }
+}

@@ -594,6 +594,11 @@ pub fn search_param(resource_type: &str, code: &str) -> Option<&'static SearchPa
         .map(|pos| &s.all[idx[pos]])
 }
 
+/// The search parameter with a canonical URL (composite components name theirs so).
+pub fn search_param_by_url(url: &str) -> Option<&'static SearchParamDef> {
+    SEARCH.all.iter().find(|d| d.url == url)
+}
+
 /// Every R4 search parameter, in definition order.
 pub fn all_search_params() -> &'static [SearchParamDef] {
     &SEARCH.all

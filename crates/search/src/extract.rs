@@ -28,6 +28,8 @@ use std::sync::LazyLock;
 struct Compiled {
     def: &'static SearchParamDef,
     expr: Expr,
+    /// For a composite: its two components' expressions and the second's definition.
+    composite: Option<(Expr, Expr, &'static SearchParamDef)>,
 }
 
 /// Parameters per resource type, compiled on first use of the type.
@@ -43,11 +45,30 @@ fn compiled(rtype: &str) -> &'static [Compiled] {
     let list: Vec<Compiled> = defs::search_params(rtype)
         .into_iter()
         .filter(|d| !SKIPPED.contains(&d.code.as_str()))
-        .filter(|d| !matches!(d.kind, SearchParamType::Composite | SearchParamType::Special))
+        .filter(|d| d.kind != SearchParamType::Special)
         .filter_map(|def| {
             let src = def.expression.as_deref()?;
-            match salus_fhirpath::parse(src) {
-                Ok(expr) => Some(Compiled { def, expr }),
+            let parsed = salus_fhirpath::parse(src).and_then(|expr| {
+                if def.kind != SearchParamType::Composite {
+                    return Ok(Some(Compiled {
+                        def,
+                        expr,
+                        composite: None,
+                    }));
+                }
+                let Some(second) = crate::parse::composite_value_def(def) else {
+                    return Ok(None);
+                };
+                let first_expr = salus_fhirpath::parse(&def.components[0].1)?;
+                let second_expr = salus_fhirpath::parse(&def.components[1].1)?;
+                Ok(Some(Compiled {
+                    def,
+                    expr,
+                    composite: Some((first_expr, second_expr, second)),
+                }))
+            });
+            match parsed {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(param = %def.url, error = %e, "search parameter expression does not parse");
                     None
@@ -83,16 +104,78 @@ pub fn extract_checked(resource: &Value) -> Extraction {
     };
     let env = Env::empty();
     for c in compiled(rtype) {
-        match c.expr.evaluate(resource, env) {
-            Ok(items) => {
-                for item in &items {
-                    rows_for(c.def, item, &mut out.rows);
+        let done = c.expr.evaluate(resource, env).and_then(|items| {
+            for item in &items {
+                match &c.composite {
+                    None => rows_for(c.def.kind, &c.def.code, item, &mut out.rows),
+                    Some((first, second, def2)) => composite_rows(
+                        &c.def.code,
+                        (first, second, def2),
+                        item,
+                        resource,
+                        env,
+                        &mut out.rows,
+                    )?,
                 }
             }
-            Err(e) => out.errors.push((c.def.code.clone(), e.to_string())),
+            Ok(())
+        });
+        if let Err(e) = done {
+            out.errors.push((c.def.code.clone(), e.to_string()));
         }
     }
     out
+}
+
+/// Rows of a composite parameter for one element its expression selected (e.g. one
+/// `Observation.component`): the second component's rows, stored under a key naming
+/// the first component's token (see [`crate::parse::composite_key`]), so that both
+/// must match on the same element.
+fn composite_rows<'a>(
+    code: &str,
+    (first, second, def2): (&Expr, &Expr, &SearchParamDef),
+    item: &Item<'a>,
+    resource: &'a Value,
+    env: &'a Env<'a>,
+    rows: &mut Vec<IndexRow>,
+) -> Result<(), salus_fhirpath::EvalError> {
+    let focus = [item.clone()];
+    let mut tokens = vec![];
+    for t in first.evaluate_on(&focus, Some(resource), env)? {
+        rows_for(SearchParamType::Token, "", &t, &mut tokens);
+    }
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let values = second.evaluate_on(&focus, Some(resource), env)?;
+    for t in tokens {
+        let IndexRow::Token {
+            system,
+            code: value,
+            ..
+        } = t
+        else {
+            continue; // display text rows
+        };
+        {
+            let key =
+                crate::parse::composite_key(code, Some(system.as_deref().unwrap_or("")), &value);
+            let start = rows.len();
+            for v in &values {
+                rows_for(def2.kind, &key, v, rows);
+            }
+            // keep the value rows only (not `:text` rows of a token's display)
+            let mut i = start;
+            while i < rows.len() {
+                if row_param(&rows[i]) == key {
+                    i += 1;
+                } else {
+                    rows.swap_remove(i);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn s(v: &Value, k: &str) -> Option<String> {
@@ -194,7 +277,18 @@ fn date_row(param: &str, low: i64, high: i64, rows: &mut Vec<IndexRow>) {
     });
 }
 
-fn rows_for(def: &SearchParamDef, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+fn row_param(r: &IndexRow) -> &str {
+    match r {
+        IndexRow::Token { param, .. }
+        | IndexRow::String { param, .. }
+        | IndexRow::Reference { param, .. }
+        | IndexRow::Date { param, .. }
+        | IndexRow::Number { param, .. }
+        | IndexRow::Uri { param, .. } => param,
+    }
+}
+
+fn rows_for(kind: SearchParamType, param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
     let owned;
     let json: &Value = match item.as_json() {
         Some(j) => j,
@@ -204,8 +298,7 @@ fn rows_for(def: &SearchParamDef, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
         }
     };
     let ty = item.fhir_type().unwrap_or("");
-    let param = def.code.as_str();
-    match def.kind {
+    match kind {
         SearchParamType::Token => match json {
             Value::String(v) => {
                 if ty == "ContactPoint" {

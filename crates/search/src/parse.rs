@@ -423,6 +423,14 @@ pub fn param_clause(types: &[String], key: &str, value: &str) -> Result<Clause, 
         _ => {}
     }
     let def = find_def(types, code).ok_or_else(|| unknown(types, code))?;
+    if def.kind == SearchParamType::Composite {
+        if let Some(m) = modifier {
+            return Err(SearchError::Unsupported(format!(
+                "modifier ':{m}' on composite parameter '{code}'"
+            )));
+        }
+        return composite_clause(def, key, value);
+    }
     let kind = index_kind(def.kind).ok_or_else(|| {
         SearchError::Unsupported(format!(
             "{} search parameter '{code}' is not supported yet",
@@ -441,7 +449,81 @@ pub fn param_clause(types: &[String], key: &str, value: &str) -> Result<Clause, 
             missing,
         });
     }
-    let vals = values(value);
+    typed_clause(def, code, key, modifier, values(value))
+}
+
+/// The components of a composite parameter whose first component is a token and
+/// which has two (every R4 composite): the second component's definition.
+pub fn composite_value_def(def: &SearchParamDef) -> Option<&'static SearchParamDef> {
+    let [(first, _), (second, _)] = def.components.as_slice() else {
+        return None;
+    };
+    let first = defs::search_param_by_url(first)?;
+    let second = defs::search_param_by_url(second)?;
+    (first.kind == SearchParamType::Token && index_kind(second.kind).is_some()).then_some(second)
+}
+
+/// Where a composite's second component is stored for one value of its first (a
+/// token): under `code$value|system` (`code$value|` without a system). A search that
+/// names no system (`None`) looks at every `code$value|…` (the store reads a name
+/// ending in `|*` as that prefix).
+pub fn composite_key(code: &str, system: Option<&str>, value: &str) -> String {
+    match system {
+        Some(s) => format!("{code}${value}|{s}"),
+        None => format!("{code}${value}|*"),
+    }
+}
+
+/// `code-value-quantity=http://loinc.org|8480-6$gt100` (R4 search.html#composite): the
+/// second component's criterion on the rows kept for the first component's token;
+/// comma-separated values are alternatives.
+fn composite_clause(def: &SearchParamDef, key: &str, value: &str) -> Result<Clause, SearchError> {
+    let second = composite_value_def(def).ok_or_else(|| {
+        SearchError::Unsupported(format!(
+            "composite search parameter '{}' is not supported",
+            def.code
+        ))
+    })?;
+    let mut any = vec![];
+    for v in values(value) {
+        let parts = split_escaped(&v, '$');
+        let [token, criterion] = parts.as_slice() else {
+            return Err(invalid(
+                key,
+                "a composite value is a token and a value joined by '$' (e.g. http://loinc.org|8480-6$gt100)",
+            ));
+        };
+        let t = token_match(token);
+        let Some(code) = t.code.filter(|c| !c.is_empty()) else {
+            return Err(invalid(
+                key,
+                "the first part of a composite value needs a code",
+            ));
+        };
+        let stored = composite_key(&def.code, t.system.as_deref(), &code);
+        any.push(typed_clause(
+            second,
+            &stored,
+            key,
+            None,
+            vec![criterion.clone()],
+        )?);
+    }
+    Ok(match any.len() {
+        1 => any.pop().expect("one"),
+        _ => Clause::Any(any),
+    })
+}
+
+/// The clause for a parameter of an indexed type, its rows stored under `code` (the
+/// parameter's name, or a composite's key for its second component).
+fn typed_clause(
+    def: &SearchParamDef,
+    code: &str,
+    key: &str,
+    modifier: Option<&str>,
+    vals: Vec<String>,
+) -> Result<Clause, SearchError> {
     let unsupported = |m: &str| {
         SearchError::Unsupported(format!(
             "modifier ':{m}' is not supported on {} parameter '{code}'",

@@ -58,7 +58,49 @@ pub async fn run_all(store: Arc<dyn Store>) {
     chains_and_reverse_chains(store.clone()).await;
     sorting_and_keyset_paging(store.clone()).await;
     include_lookups(store.clone()).await;
+    parameter_name_prefixes(store.clone()).await;
     savepoints_undo_only_their_unit(store).await;
+}
+
+/// A clause's parameter name ending in `|*` covers every name with that prefix, and
+/// no other (composite parameters searched without a system).
+pub async fn parameter_name_prefixes(store: Arc<dyn Store>) {
+    let n = |param: &str, value: f64| IndexRow::Number {
+        param: param.into(),
+        value,
+        system: None,
+        code: None,
+    };
+    put_all(
+        &store,
+        vec![
+            ("PfxA", "1", vec![n("cvq$8480-6|http://loinc.org", 150.0)]),
+            ("PfxA", "2", vec![n("cvq$8480-6|", 150.0)]),
+            ("PfxA", "3", vec![n("cvq$8480-61|http://loinc.org", 150.0)]),
+            ("PfxA", "4", vec![n("cvq$8480-6|http://loinc.org", 90.0)]),
+        ],
+    )
+    .await;
+    let q = |param: &str| {
+        query(
+            "PfxA",
+            vec![Clause::Quantity {
+                param: param.into(),
+                any: vec![QuantityMatch {
+                    range: RangeMatch {
+                        prefix: Prefix::Gt,
+                        low: 100.0,
+                        high: 100.0,
+                    },
+                    system: None,
+                    code: None,
+                }],
+            }],
+        )
+    };
+    assert_eq!(ids(&store, q("cvq$8480-6|*")).await, vec!["1", "2"]);
+    assert_eq!(ids(&store, q("cvq$8480-6|http://loinc.org")).await, vec!["1"]);
+    assert_eq!(ids(&store, q("cvq$8480-6|")).await, vec!["2"]);
 }
 
 pub async fn savepoints_undo_only_their_unit(store: Arc<dyn Store>) {

@@ -241,6 +241,10 @@ pub enum IndexKind {
 }
 
 /// One condition of a search; conditions are ANDed, values inside one are ORed.
+///
+/// A clause's `param` names the index rows it looks at; a name ending in `|*` stands
+/// for every name that starts with the part before the `*` (a composite parameter
+/// searched without a system: `code-value-quantity$8480-6|*`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Clause {
     Id(Vec<String>),

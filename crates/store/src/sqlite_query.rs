@@ -52,9 +52,9 @@ fn open_lookup(q: &mut Q, a: &str, types: &[String], tbl: &str, x: &str, param: 
     if !drive {
         // A correlated check of the candidate row (through the table's `rid` index).
         q.push(&format!(
-            "EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.rid = {a}.rid AND {x}.param = "
+            "EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.rid = {a}.rid AND "
         ));
-        q.text_arg(param);
+        param_cond(q, x, param);
         q.push(" AND (");
         return;
     }
@@ -76,9 +76,29 @@ fn open_lookup(q: &mut Q, a: &str, types: &[String], tbl: &str, x: &str, param: 
             q.push(")");
         }
     }
-    q.push(&format!(" AND {x}.param = "));
-    q.text_arg(param);
+    q.push(" AND ");
+    param_cond(q, x, param);
     q.push(" AND (");
+}
+
+/// `{x}.param = ?`, or for a name ending in `|*` (see [`crate::Clause`]) a range over
+/// the names that start with the part before the `*`.
+fn param_cond(q: &mut Q, x: &str, param: &str) {
+    match param.strip_suffix('*').filter(|p| p.ends_with('|')) {
+        Some(prefix) => {
+            // '}' follows '|' in byte order: [prefix, prefix-with-'}') holds exactly
+            // the names starting with the prefix.
+            let upper = format!("{}}}", &prefix[..prefix.len() - 1]);
+            q.push(&format!("{x}.param >= "));
+            q.text_arg(prefix);
+            q.push(&format!(" AND {x}.param < "));
+            q.text_arg(&upper);
+        }
+        None => {
+            q.push(&format!("{x}.param = "));
+            q.text_arg(param);
+        }
+    }
 }
 
 /// The condition for one range criterion against columns `lo`/`hi` (R4 search.html#prefix):
