@@ -493,3 +493,99 @@ async fn composite_parameters_match_within_one_element() {
         assert_eq!(r.json["resourceType"], "OperationOutcome", "{bad}");
     }
 }
+
+/// `_text` (narrative) and `_content` (the whole resource): words in any order, case
+/// and accents ignored, phrases, prefixes, alternatives; the best match first.
+#[tokio::test]
+async fn full_text_on_narrative_and_content() {
+    let app = app();
+    let narrative = |s: &str| {
+        json!({"status": "generated",
+            "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>{s}</p></div>")})
+    };
+    let chf = app
+        .create(&json!({"resourceType": "Condition",
+            "text": narrative("Chronic heart failure, NYHA class II"),
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "84114007", "display": "Heart failure"}]},
+            "subject": {"reference": "Patient/x"}}))
+        .await;
+    let arm = app
+        .create(&json!({"resourceType": "Condition",
+            "text": narrative("Fractured left arm"),
+            "code": {"text": "Fracture of humérus"},
+            "note": [{"text": "heart sounds normal"}],
+            "subject": {"reference": "Patient/x"}}))
+        .await;
+    let obs = app
+        .create(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0", "display": "Glucose [Mass/volume] in Blood"}]},
+            "valueQuantity": {"value": 6.3, "unit": "mmol/L"}}))
+        .await;
+    assert_eq!(find(&app, "/Condition?_text=HEART").await, vec![chf.clone()]);
+    let mut both = vec![chf.clone(), arm.clone()];
+    both.sort();
+    assert_eq!(find(&app, "/Condition?_content=heart").await, both);
+    assert_eq!(
+        find(&app, "/Condition?_content=humerus").await,
+        vec![arm.clone()],
+        "accents are ignored"
+    );
+    assert_eq!(
+        find(&app, "/Condition?_text=%22heart%20failure%22").await,
+        vec![chf.clone()],
+        "a quoted phrase"
+    );
+    assert!(find(&app, "/Condition?_text=%22failure%20heart%22")
+        .await
+        .is_empty());
+    assert_eq!(find(&app, "/Condition?_text=fract*").await, vec![arm.clone()]);
+    assert_eq!(find(&app, "/Condition?_text=nyha,fractured").await, both);
+    assert_eq!(find(&app, "/Condition?_text=nyha%20OR%20fractured").await, both);
+    assert_eq!(
+        find(&app, "/Condition?_text=heart%20class").await,
+        vec![chf.clone()],
+        "every word must occur"
+    );
+    assert_eq!(
+        find(&app, "/Observation?_content=glucose").await,
+        vec![obs.clone()]
+    );
+    // System level, with other criteria, and relevance order (chf says heart twice).
+    let system = app.get("/?_content=heart").await.expect(200).json;
+    let order: Vec<&str> = system["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert_eq!(order, vec![chf.as_str(), arm.as_str()]);
+    assert_eq!(
+        find(&app, "/Condition?_content=heart&code=84114007").await,
+        vec![chf.clone()]
+    );
+    // Paging through relevance-ordered results keeps every match once.
+    let first = app.get("/Condition?_content=heart&_count=1").await.expect(200).json;
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("a next link")["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = next.split_once("/Condition").map(|(_, p)| format!("/Condition{p}")).unwrap();
+    let second = app.get(&path).await.expect(200).json;
+    assert_eq!(ids(&first), vec![chf.clone()]);
+    assert_eq!(ids(&second), vec![arm.clone()]);
+    // Updates and deletes are reflected at once.
+    app.delete(&format!("/Condition/{arm}")).await.expect(204);
+    assert_eq!(find(&app, "/Condition?_content=heart").await, vec![chf.clone()]);
+    for bad in ["/Condition?_text=", "/Condition?_text=%22open", "/Condition?_text:exact=x"] {
+        let r = app
+            .req("GET", bad, &[("prefer", "handling=strict")], None)
+            .await;
+        assert!(r.status == 400 || r.status == 501, "{bad}: {}", r.status);
+        assert_eq!(r.json["resourceType"], "OperationOutcome", "{bad}");
+    }
+}

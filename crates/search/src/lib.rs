@@ -6,6 +6,7 @@
 //! Must not touch: SQL (backends turn the plan into queries), HTTP.
 
 pub mod extract;
+pub mod fulltext;
 pub mod normalize;
 pub mod parse;
 

@@ -12,7 +12,8 @@ use salus_fhir::defs::{self, SearchParamDef, SearchParamType};
 use salus_fhir::instant;
 use salus_store::{
     Clause, Cursor, IndexKind, Page, Prefix, QuantityMatch, RangeMatch, RefMatch, SearchQuery,
-    SortField, SortKey, SortValue, StringMatch, StringMode, TokenMatch, UriMatch, UriMode,
+    SortField, SortKey, SortValue, StringMatch, StringMode, TextField, TextQuery, TokenMatch,
+    UriMatch, UriMode,
 };
 use serde_json::{json, Value};
 
@@ -415,7 +416,23 @@ pub fn param_clause(types: &[String], key: &str, value: &str) -> Result<Clause, 
             }
             return Ok(Clause::Types(ts));
         }
-        "_text" | "_content" | "_filter" | "_query" | "_list" => {
+        "_text" | "_content" => {
+            if let Some(m) = modifier {
+                return Err(SearchError::Unsupported(format!(
+                    "modifier ':{m}' on {code}"
+                )));
+            }
+            let field = if code == "_text" {
+                TextField::Narrative
+            } else {
+                TextField::Content
+            };
+            return Ok(Clause::Text {
+                field,
+                query: text_query(key, value)?,
+            });
+        }
+        "_filter" | "_query" | "_list" => {
             return Err(SearchError::Unsupported(format!(
                 "search parameter '{code}' is not supported yet"
             )))
@@ -719,6 +736,51 @@ fn typed_clause(
 
 /// `ne` means "no value equal": turn `ne` criteria into a negated `eq` (the spec's
 /// reading for resources with several values), keeping other prefixes as they are.
+/// A `_text`/`_content` value: comma-separated (or `OR`-separated) alternatives, each
+/// words that must all occur; `"…"` quotes a phrase; a trailing `*` matches a prefix;
+/// `AND` between words is allowed and changes nothing.
+pub fn text_query(key: &str, value: &str) -> Result<TextQuery, SearchError> {
+    let mut any = vec![];
+    for alternative in values(value) {
+        let alternative = unescape(&alternative);
+        let mut terms: Vec<String> = vec![];
+        let mut rest = alternative.trim();
+        while !rest.is_empty() {
+            let (term, tail) = if let Some(quoted) = rest.strip_prefix('"') {
+                match quoted.split_once('"') {
+                    Some((phrase, tail)) => (phrase.trim().to_string(), tail),
+                    None => return Err(invalid(key, "unbalanced '\"' in the search text")),
+                }
+            } else {
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                (rest[..end].to_string(), &rest[end..])
+            };
+            rest = tail.trim_start();
+            match term.as_str() {
+                "" | "AND" => {}
+                "OR" => {
+                    if !terms.is_empty() {
+                        any.push(std::mem::take(&mut terms));
+                    }
+                }
+                _ => terms.push(term),
+            }
+        }
+        if !terms.is_empty() {
+            any.push(terms);
+        }
+    }
+    if any
+        .iter()
+        .flatten()
+        .any(|t| t.trim_end_matches('*').trim().is_empty())
+        || any.is_empty()
+    {
+        return Err(invalid(key, "give at least one word to search for"));
+    }
+    Ok(TextQuery { any })
+}
+
 fn ne_split(c: Clause) -> Clause {
     fn split<T: Clone>(any: &[RangeMatch<T>]) -> Option<Vec<RangeMatch<T>>> {
         if any.len() == 1 && any[0].prefix == Prefix::Ne {
@@ -1035,6 +1097,22 @@ pub fn parse(
     }
     if plan.summary.as_deref() == Some("count") {
         query.count = 0;
+    }
+    // Full-text matches come best first unless `_sort` says otherwise.
+    if query.sort.is_empty() {
+        if let Some(Clause::Text { field, query: text }) = query
+            .clauses
+            .iter()
+            .find(|c| matches!(c, Clause::Text { .. }))
+        {
+            query.sort = vec![SortKey {
+                field: SortField::Relevance {
+                    field: *field,
+                    query: text.clone(),
+                },
+                descending: false,
+            }];
+        }
     }
     query.with_total = plan.total != TotalMode::None;
     plan.query = query;

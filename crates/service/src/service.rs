@@ -1,10 +1,11 @@
 //! The FHIR service: single-resource interactions and history.
 
+use crate::index::Indexed;
 use crate::query::parse_pairs;
 use crate::{index, time, FhirError, Result};
 use salus_fhir::{defs, validate::validate_resource, Issue, IssueCode};
 use salus_store::{
-    Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Store, StoreTx,
+    Head, HistoryPage, HistoryQuery, HistoryScope, Method, NewVersion, Store, StoreTx,
     VersionRecord,
 };
 use serde_json::{Map, Value};
@@ -229,7 +230,7 @@ pub(crate) async fn put_version(
     rtype: &str,
     id: &str,
     body: Value,
-    index: Vec<IndexRow>,
+    index: Indexed,
     current: Option<Head>,
     method: Method,
 ) -> Result<WriteOutcome> {
@@ -245,7 +246,8 @@ pub(crate) async fn put_version(
         last_updated,
         method,
         body: Some(text.clone()),
-        index,
+        index: index.rows,
+        fulltext: Some(index.text),
     })
     .await?;
     Ok(WriteOutcome {
@@ -290,6 +292,7 @@ pub(crate) async fn tx_delete(
         method: Method::Delete,
         body: None,
         index: vec![],
+        fulltext: None,
     })
     .await?;
     Ok(Some(VersionRecord {

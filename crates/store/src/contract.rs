@@ -5,9 +5,9 @@
 //! a database. Panics (assertion failures) name the violated rule.
 
 use crate::{
-    Clause, HistoryQuery, HistoryScope, IndexKind, IndexRow, Method, NewVersion, Page, Prefix,
-    QuantityMatch, RangeMatch, Result, SearchQuery, SortField, SortKey, Store, StoreError, StoreTx,
-    StringMatch, StringMode, TokenMatch, UriMatch, UriMode,
+    Clause, FullText, HistoryQuery, HistoryScope, IndexKind, IndexRow, Method, NewVersion, Page,
+    Prefix, QuantityMatch, RangeMatch, Result, SearchQuery, SortField, SortKey, Store, StoreError,
+    StoreTx, StringMatch, StringMode, TextField, TextQuery, TokenMatch, UriMatch, UriMode,
 };
 use std::sync::Arc;
 
@@ -32,6 +32,7 @@ pub fn new_version(
         },
         body: Some(body.into()),
         index: vec![],
+        fulltext: None,
     }
 }
 
@@ -59,6 +60,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     sorting_and_keyset_paging(store.clone()).await;
     include_lookups(store.clone()).await;
     parameter_name_prefixes(store.clone()).await;
+    full_text(store.clone()).await;
     savepoints_undo_only_their_unit(store).await;
 }
 
@@ -99,8 +101,102 @@ pub async fn parameter_name_prefixes(store: Arc<dyn Store>) {
         )
     };
     assert_eq!(ids(&store, q("cvq$8480-6|*")).await, vec!["1", "2"]);
-    assert_eq!(ids(&store, q("cvq$8480-6|http://loinc.org")).await, vec!["1"]);
+    assert_eq!(
+        ids(&store, q("cvq$8480-6|http://loinc.org")).await,
+        vec!["1"]
+    );
     assert_eq!(ids(&store, q("cvq$8480-6|")).await, vec!["2"]);
+}
+
+/// `_text`/`_content`: words in any order, accents and case ignored, prefixes,
+/// phrases, alternatives; an update replaces the text, a deletion removes it; relevance
+/// orders the matches.
+pub async fn full_text(store: Arc<dyn Store>) {
+    let text = |narrative: &str, content: &str| FullText {
+        narrative: narrative.into(),
+        content: content.into(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    for (id, t) in [
+        (
+            "1",
+            text("Héart failure, chronic", "Heart failure chronic cardiology"),
+        ),
+        ("2", text("Broken arm", "Broken arm fracture heart")),
+        ("3", text("", "heart heart heart murmur")),
+    ] {
+        let mut w = new_version("FtsA", id, 1, None, "{}");
+        w.fulltext = Some(t);
+        tx.put(w).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let q = |field: TextField, any: &[&[&str]]| {
+        query(
+            "FtsA",
+            vec![Clause::Text {
+                field,
+                query: TextQuery {
+                    any: any
+                        .iter()
+                        .map(|a| a.iter().map(|t| t.to_string()).collect())
+                        .collect(),
+                },
+            }],
+        )
+    };
+    use TextField::{Content, Narrative};
+    assert_eq!(ids(&store, q(Narrative, &[&["heart"]])).await, vec!["1"]);
+    assert_eq!(
+        ids(&store, q(Content, &[&["HEART"]])).await,
+        vec!["1", "2", "3"]
+    );
+    assert_eq!(
+        ids(&store, q(Content, &[&["heart", "fracture"]])).await,
+        vec!["2"]
+    );
+    assert_eq!(ids(&store, q(Content, &[&["cardio*"]])).await, vec!["1"]);
+    assert_eq!(
+        ids(&store, q(Narrative, &[&["failure chronic"]])).await,
+        vec!["1"]
+    );
+    assert!(ids(&store, q(Narrative, &[&["chronic failure"]]))
+        .await
+        .is_empty());
+    assert_eq!(
+        ids(&store, q(Narrative, &[&["arm"], &["chronic"]])).await,
+        vec!["1", "2"]
+    );
+    assert!(
+        ids(&store, q(Content, &[&["\"quoted\" AND (odd"]]))
+            .await
+            .is_empty(),
+        "user text is never read as query syntax"
+    );
+    // Relevance: the resource saying "heart" most often comes first.
+    let mut ranked = q(Content, &[&["heart"]]);
+    ranked.sort = vec![SortKey {
+        field: SortField::Relevance {
+            field: Content,
+            query: TextQuery {
+                any: vec![vec!["heart".into()]],
+            },
+        },
+        descending: false,
+    }];
+    let page = store.search(&ranked).await.unwrap();
+    assert_eq!(page.entries[0].id, "3");
+    // An update replaces the text; a deletion removes it.
+    let mut tx = store.begin().await.unwrap();
+    let mut w = new_version("FtsA", "1", 2, Some(1), "{}");
+    w.fulltext = Some(text("Sprained ankle", "Sprained ankle"));
+    tx.put(w).await.unwrap();
+    let mut del = new_version("FtsA", "2", 2, Some(1), "");
+    del.body = None;
+    tx.put(del).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(ids(&store, q(Narrative, &[&["heart"]])).await.is_empty());
+    assert_eq!(ids(&store, q(Narrative, &[&["ankle"]])).await, vec!["1"]);
+    assert!(ids(&store, q(Content, &[&["fracture"]])).await.is_empty());
 }
 
 pub async fn savepoints_undo_only_their_unit(store: Arc<dyn Store>) {

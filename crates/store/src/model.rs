@@ -75,6 +75,33 @@ pub struct NewVersion {
     pub body: Option<String>,
     /// Index rows replacing the resource's previous ones (ignored for deletions).
     pub index: Vec<IndexRow>,
+    /// Full-text of the version, replacing the previous one's (ignored for deletions;
+    /// `None`: not indexed for `_text`/`_content`).
+    pub fulltext: Option<FullText>,
+}
+
+/// The text a resource is found by in full-text search.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FullText {
+    /// The narrative (`text.div`) as plain text: `_text`.
+    pub narrative: String,
+    /// Every textual value of the resource: `_content`.
+    pub content: String,
+}
+
+/// Which text a full-text criterion looks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextField {
+    Narrative,
+    Content,
+}
+
+/// A full-text criterion: any of the alternatives, each a list of terms that must all
+/// occur (case- and accent-insensitive words). A term with a space is a phrase; a term
+/// ending in `*` matches words starting with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextQuery {
+    pub any: Vec<Vec<String>>,
 }
 
 /// A search index row extracted from a resource at write time.
@@ -247,6 +274,11 @@ pub enum IndexKind {
 /// searched without a system: `code-value-quantity$8480-6|*`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Clause {
+    /// Full-text search (`_text`, `_content`).
+    Text {
+        field: TextField,
+        query: TextQuery,
+    },
     Id(Vec<String>),
     Token {
         param: String,
@@ -319,6 +351,11 @@ pub enum Clause {
 pub enum SortField {
     Id,
     LastUpdated,
+    /// Relevance to a full-text criterion, best first (ascending).
+    Relevance {
+        field: TextField,
+        query: TextQuery,
+    },
     /// An indexed parameter; ascending uses the smallest value of a resource,
     /// descending the largest. Resources without a value sort last either way.
     Param {

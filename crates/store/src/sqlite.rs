@@ -51,7 +51,8 @@ impl Default for SqliteOptions {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE resource_versions (
     seq INTEGER PRIMARY KEY,
     rtype TEXT NOT NULL,
@@ -93,7 +94,13 @@ CREATE INDEX idx_number_rid ON idx_number (rid);
 CREATE TABLE idx_uri (rtype TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY (rtype, param, uri, rid)) WITHOUT ROWID;
 CREATE INDEX idx_uri_rid ON idx_uri (rid);
-"#];
+"#,
+    // 2: full-text search (`_text`, `_content`): words only, keyed by the resource's rid.
+    r#"
+CREATE VIRTUAL TABLE fulltext USING fts5(narrative, content, content = '', contentless_delete = 1,
+    tokenize = 'unicode61 remove_diacritics 2');
+"#,
+];
 
 const INDEX_TABLES: &[&str] = &[
     "idx_token",
@@ -658,6 +665,10 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
                     .execute(params![rid])
                     .map_err(db_err)?;
             }
+            conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
+                .map_err(db_err)?
+                .execute(params![rid])
+                .map_err(db_err)?;
             rid
         }
         None => {
@@ -680,6 +691,14 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
     };
     if w.body.is_some() {
         insert_index(conn, &w.rtype, rid, &w.index)?;
+        if let Some(t) = w.fulltext.as_ref().filter(|t| !t.content.is_empty()) {
+            conn.prepare_cached(
+                "INSERT INTO fulltext (rowid, narrative, content) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(db_err)?
+            .execute(params![rid, t.narrative, t.content])
+            .map_err(db_err)?;
+        }
     }
     Ok(())
 }

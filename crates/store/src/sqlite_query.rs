@@ -5,7 +5,7 @@
 
 use crate::{
     Clause, Cursor, IndexKind, Page, Prefix, RangeMatch, SearchPage, SearchQuery, SortField,
-    SortValue, StringMode, UriMode, VersionRecord,
+    SortValue, StringMode, TextField, TextQuery, UriMode, VersionRecord,
 };
 use rusqlite::types::Value as Sql;
 
@@ -187,6 +187,13 @@ fn or_each<T>(q: &mut Q, items: &[T], mut f: impl FnMut(&mut Q, &T)) {
 /// value) or checks candidates found by another clause (correlated `EXISTS`).
 pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bool) {
     match c {
+        Clause::Text { field, query } => {
+            q.push(&format!(
+                "{a}.rid IN (SELECT rowid FROM fulltext WHERE fulltext MATCH "
+            ));
+            q.text_arg(&fts_match(*field, query));
+            q.push(")");
+        }
         Clause::Id(ids) => {
             if ids.is_empty() {
                 q.push("0");
@@ -482,6 +489,15 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bo
 /// The SQL expression of a sort key for the resource row `r`.
 fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
     match field {
+        SortField::Relevance { field, query } => {
+            // FTS5's bm25 rank: lower is more relevant. A literal, like parameter names
+            // below: quotes doubled.
+            let m = fts_match(*field, query).replace('\'', "''");
+            let x = q.alias("f");
+            format!(
+                "(SELECT bm25(fulltext) FROM fulltext {x} WHERE fulltext MATCH '{m}' AND {x}.rowid = r.rid)"
+            )
+        }
         SortField::Id => "r.id".into(),
         SortField::LastUpdated => "r.last_updated".into(),
         SortField::Param { param, kind } => {
@@ -504,6 +520,33 @@ fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
             )
         }
     }
+}
+
+/// A [`TextQuery`] in FTS5's query language, limited to one column: every term quoted
+/// (so nothing the user typed is read as FTS5 syntax), `*` kept as a prefix marker.
+fn fts_match(field: TextField, query: &TextQuery) -> String {
+    let column = match field {
+        TextField::Narrative => "narrative",
+        TextField::Content => "content",
+    };
+    let alternatives: Vec<String> = query
+        .any
+        .iter()
+        .map(|terms| {
+            let all: Vec<String> = terms
+                .iter()
+                .map(|t| {
+                    let (word, prefix) = match t.strip_suffix('*') {
+                        Some(w) => (w, " *"),
+                        None => (t.as_str(), ""),
+                    };
+                    format!("\"{}\"{prefix}", word.replace('"', "\"\""))
+                })
+                .collect();
+            format!("({})", all.join(" AND "))
+        })
+        .collect();
+    format!("{{{column}}} : ({})", alternatives.join(" OR "))
 }
 
 fn value_sql(v: &SortValue) -> Sql {
