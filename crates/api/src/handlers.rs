@@ -113,6 +113,38 @@ pub async fn root(
     run_search(&state, "", p, &headers).await
 }
 
+/// `POST [base]/$reindex`: rebuild every resource's index rows and full text in the
+/// background; 202 with the job's status, whose progress `GET [base]/$reindex` reports.
+pub async fn reindex_start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let fmt = response_format(&headers, &pairs(&q))?;
+    let status = state.service.start_reindex()?;
+    let base = base_url(&state, &headers);
+    let mut resp = json_response(StatusCode::ACCEPTED, &status.to_parameters(), fmt);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{base}/$reindex")) {
+        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET [base]/$reindex`: the reindex job's status (`Parameters`: status, processed,
+/// total, started, finished, error).
+pub async fn reindex_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let fmt = response_format(&headers, &pairs(&q))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &state.service.reindex_status().to_parameters(),
+        fmt,
+    ))
+}
+
 pub async fn metadata(
     State(state): State<AppState>,
     headers: HeaderMap,

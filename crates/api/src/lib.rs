@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", post(bundle).get(root))
         .route("/metadata", get(metadata))
+        .route("/$reindex", get(reindex_status).post(reindex_start))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/_history", get(history_system))

@@ -521,7 +521,10 @@ async fn full_text_on_narrative_and_content() {
             "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0", "display": "Glucose [Mass/volume] in Blood"}]},
             "valueQuantity": {"value": 6.3, "unit": "mmol/L"}}))
         .await;
-    assert_eq!(find(&app, "/Condition?_text=HEART").await, vec![chf.clone()]);
+    assert_eq!(
+        find(&app, "/Condition?_text=HEART").await,
+        vec![chf.clone()]
+    );
     let mut both = vec![chf.clone(), arm.clone()];
     both.sort();
     assert_eq!(find(&app, "/Condition?_content=heart").await, both);
@@ -538,9 +541,15 @@ async fn full_text_on_narrative_and_content() {
     assert!(find(&app, "/Condition?_text=%22failure%20heart%22")
         .await
         .is_empty());
-    assert_eq!(find(&app, "/Condition?_text=fract*").await, vec![arm.clone()]);
+    assert_eq!(
+        find(&app, "/Condition?_text=fract*").await,
+        vec![arm.clone()]
+    );
     assert_eq!(find(&app, "/Condition?_text=nyha,fractured").await, both);
-    assert_eq!(find(&app, "/Condition?_text=nyha%20OR%20fractured").await, both);
+    assert_eq!(
+        find(&app, "/Condition?_text=nyha%20OR%20fractured").await,
+        both
+    );
     assert_eq!(
         find(&app, "/Condition?_text=heart%20class").await,
         vec![chf.clone()],
@@ -564,7 +573,11 @@ async fn full_text_on_narrative_and_content() {
         vec![chf.clone()]
     );
     // Paging through relevance-ordered results keeps every match once.
-    let first = app.get("/Condition?_content=heart&_count=1").await.expect(200).json;
+    let first = app
+        .get("/Condition?_content=heart&_count=1")
+        .await
+        .expect(200)
+        .json;
     let next = first["link"]
         .as_array()
         .unwrap()
@@ -574,18 +587,87 @@ async fn full_text_on_narrative_and_content() {
         .as_str()
         .unwrap()
         .to_string();
-    let path = next.split_once("/Condition").map(|(_, p)| format!("/Condition{p}")).unwrap();
+    let path = next
+        .split_once("/Condition")
+        .map(|(_, p)| format!("/Condition{p}"))
+        .unwrap();
     let second = app.get(&path).await.expect(200).json;
     assert_eq!(ids(&first), vec![chf.clone()]);
     assert_eq!(ids(&second), vec![arm.clone()]);
     // Updates and deletes are reflected at once.
     app.delete(&format!("/Condition/{arm}")).await.expect(204);
-    assert_eq!(find(&app, "/Condition?_content=heart").await, vec![chf.clone()]);
-    for bad in ["/Condition?_text=", "/Condition?_text=%22open", "/Condition?_text:exact=x"] {
+    assert_eq!(
+        find(&app, "/Condition?_content=heart").await,
+        vec![chf.clone()]
+    );
+    for bad in [
+        "/Condition?_text=",
+        "/Condition?_text=%22open",
+        "/Condition?_text:exact=x",
+    ] {
         let r = app
             .req("GET", bad, &[("prefer", "handling=strict")], None)
             .await;
         assert!(r.status == 400 || r.status == 501, "{bad}: {}", r.status);
         assert_eq!(r.json["resourceType"], "OperationOutcome", "{bad}");
     }
+}
+
+/// `$reindex` rebuilds index rows and full text of stored resources in the background
+/// (here: a resource stored without any, as by an older version) and reports progress.
+#[tokio::test]
+async fn reindex_rebuilds_indexes_in_the_background() {
+    let app = app();
+    let indexed = app
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "Indexed"}]}))
+        .await;
+    // Stored directly, with neither index rows nor full text.
+    let store = app.state.service.store().clone();
+    let mut tx = store.begin().await.unwrap();
+    tx.put(salus_store::NewVersion {
+        rtype: "Patient".into(),
+        id: "legacy".into(),
+        version: 1,
+        expected_version: None,
+        last_updated: 1_700_000_000_000_000,
+        method: salus_store::Method::Put,
+        body: Some(
+            json!({"resourceType": "Patient", "id": "legacy",
+                "meta": {"versionId": "1", "lastUpdated": "2023-11-14T22:13:20Z"},
+                "name": [{"family": "Legacy"}]})
+            .to_string(),
+        ),
+        index: vec![],
+        fulltext: None,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(find(&app, "/Patient?family=legacy").await.is_empty());
+    assert!(find(&app, "/Patient?_content=legacy").await.is_empty());
+
+    let started = app.post("/$reindex", &json!({})).await.expect(202);
+    assert_eq!(started.json["resourceType"], "Parameters");
+    assert!(started.headers["content-location"]
+        .to_str()
+        .unwrap()
+        .ends_with("/$reindex"));
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = app.get("/$reindex").await.expect(200).json;
+        if status["parameter"][0]["valueCode"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status["parameter"][0]["valueCode"], "completed", "{status}");
+    assert_eq!(status["parameter"][1]["valueInteger"], 2, "{status}");
+    assert_eq!(find(&app, "/Patient?family=legacy").await, vec!["legacy"]);
+    assert_eq!(find(&app, "/Patient?_content=legacy").await, vec!["legacy"]);
+    assert_eq!(find(&app, "/Patient?family=indexed").await, vec![indexed]);
+    let v = app.get("/Patient/legacy").await.expect(200).json;
+    assert_eq!(
+        v["meta"]["versionId"], "1",
+        "reindexing makes no new version"
+    );
 }

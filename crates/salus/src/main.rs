@@ -42,6 +42,14 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Rebuild the search indexes and full text of every stored resource
+    Reindex {
+        /// Hide the progress bar
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Validate resources in files against the R4 definitions without storing them
     Validate {
         #[arg(required = true)]
@@ -72,6 +80,12 @@ fn main() -> Result<()> {
             if !ok {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Reindex { quiet, overrides } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            runtime.block_on(salus::serve::reindex_cli(&config, !quiet))?;
             Ok(())
         }
         Command::Validate { paths } => {

@@ -49,6 +49,47 @@ pub fn service(config: &Config, store: SqliteStore) -> FhirService {
     )
 }
 
+async fn store_needs_reindex(svc: &FhirService) -> Result<bool> {
+    svc.store()
+        .reindex_pending()
+        .await
+        .context("cannot read the store's reindex mark")
+}
+
+/// `salus reindex`: rebuild every resource's index rows and full text, with a
+/// progress bar.
+pub async fn reindex_cli(config: &Config, progress: bool) -> Result<u64> {
+    let store = open_store(config)?;
+    let svc = service(config, store.clone());
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} resources ({per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let start = std::time::Instant::now();
+    let n = svc
+        .reindex(|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?;
+    bar.finish_and_clear();
+    store.checkpoint().await?;
+    println!(
+        "reindexed {n} resources in {:.2}s ({:.0} resources/s)",
+        start.elapsed().as_secs_f64(),
+        n as f64 / start.elapsed().as_secs_f64().max(1e-9)
+    );
+    Ok(n)
+}
+
 /// The application state for a configuration.
 pub fn app_state(config: &Config, service: FhirService) -> AppState {
     AppState::new(
@@ -106,6 +147,14 @@ pub async fn serve(config: Config) -> Result<()> {
         if loaded > 0 {
             tracing::info!(resources = loaded, "loaded demo data");
         }
+    }
+    if store_needs_reindex(&svc).await? {
+        tracing::warn!(
+            "this data was stored by an earlier version that indexed less: reindexing in the \
+             background (GET /$reindex shows progress); until it completes, full-text and \
+             composite searches may miss those resources"
+        );
+        svc.start_reindex()?;
     }
     if !config.listen.ip().is_loopback() {
         tracing::warn!(

@@ -312,3 +312,24 @@ async fn a_file_failing_at_write_time_leaves_its_batch_intact() {
     assert_eq!(twice.version, 2);
     assert!(twice.body.as_deref().unwrap().contains("\"active\":true"));
 }
+
+/// `salus reindex` rebuilds every current resource's indexes and reports the count.
+#[tokio::test]
+async fn reindex_command_covers_every_current_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, svc) = local(dir.path());
+    let f = dir.path().join("p.ndjson");
+    std::fs::write(
+        &f,
+        "{\"resourceType\":\"Patient\",\"id\":\"a\",\"name\":[{\"family\":\"Ames\"}]}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n",
+    )
+    .unwrap();
+    let report = import_paths(&Target::Local(svc.clone()), &[f], false)
+        .await
+        .unwrap();
+    assert!(report.ok());
+    svc.delete("Patient", "b", None).await.unwrap();
+    drop(svc);
+    let n = salus::serve::reindex_cli(&config, false).await.unwrap();
+    assert_eq!(n, 1, "deleted resources are not reindexed");
+}

@@ -13,6 +13,7 @@ mod error;
 mod import;
 mod index;
 mod query;
+mod reindex;
 pub mod response;
 mod search;
 mod service;
@@ -26,6 +27,7 @@ pub use error::status_line;
 pub use error::FhirError;
 pub use import::ImportFailure;
 pub use query::parse_pairs;
+pub use reindex::{ReindexState, ReindexStatus};
 pub use search::SearchResult;
 pub use service::{FhirService, Limits, Return, WriteOutcome};
 

@@ -83,6 +83,7 @@ macro_rules! in_tx {
 pub struct FhirService {
     store: Arc<dyn Store>,
     limits: Limits,
+    pub(crate) reindex_job: Arc<std::sync::Mutex<crate::reindex::ReindexStatus>>,
 }
 
 /// Check a resource type named in a URL.
@@ -370,7 +371,11 @@ pub(crate) fn apply_patch(rtype: &str, id: &str, current: &str, patch: &Value) -
 
 impl FhirService {
     pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
-        FhirService { store, limits }
+        FhirService {
+            store,
+            limits,
+            reindex_job: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

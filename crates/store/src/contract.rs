@@ -61,6 +61,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     include_lookups(store.clone()).await;
     parameter_name_prefixes(store.clone()).await;
     full_text(store.clone()).await;
+    reindexing(store.clone()).await;
     savepoints_undo_only_their_unit(store).await;
 }
 
@@ -197,6 +198,70 @@ pub async fn full_text(store: Arc<dyn Store>) {
     assert!(ids(&store, q(Narrative, &[&["heart"]])).await.is_empty());
     assert_eq!(ids(&store, q(Narrative, &[&["ankle"]])).await, vec!["1"]);
     assert!(ids(&store, q(Content, &[&["fracture"]])).await.is_empty());
+}
+
+/// Scanning current resources page by page, and replacing a version's index rows
+/// without a new version; a stale version is left alone.
+pub async fn reindexing(store: Arc<dyn Store>) {
+    let tok = |code: &str| IndexRow::Token {
+        param: "code".into(),
+        system: None,
+        code: code.into(),
+    };
+    put_all(
+        &store,
+        vec![
+            ("RixA", "1", vec![tok("old")]),
+            ("RixA", "2", vec![tok("old")]),
+            ("RixA", "3", vec![]),
+        ],
+    )
+    .await;
+    // every current resource exactly once, in pages
+    let (mut seen, mut after) = (vec![], None);
+    loop {
+        let page = store.scan_current(after, 2).await.unwrap();
+        assert!(page.total >= 3);
+        seen.extend(
+            page.records
+                .iter()
+                .filter(|r| r.rtype == "RixA")
+                .map(|r| r.id.clone()),
+        );
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["1", "2", "3"]);
+    let code = |c: &str| {
+        query(
+            "RixA",
+            vec![Clause::Token {
+                param: "code".into(),
+                any: vec![TokenMatch {
+                    system: None,
+                    code: Some(c.into()),
+                }],
+            }],
+        )
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.reindex("RixA", "1", 1, vec![tok("new")], None)
+        .await
+        .unwrap();
+    // version 7 is not current: nothing changes
+    tx.reindex("RixA", "2", 7, vec![tok("new")], None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(ids(&store, code("new")).await, vec!["1"]);
+    assert_eq!(ids(&store, code("old")).await, vec!["2"]);
+    let cur = store.read("RixA", "1").await.unwrap().unwrap();
+    assert_eq!(cur.version, 1, "reindexing makes no version");
+    store.clear_reindex_pending().await.unwrap();
+    assert!(!store.reindex_pending().await.unwrap());
 }
 
 pub async fn savepoints_undo_only_their_unit(store: Arc<dyn Store>) {

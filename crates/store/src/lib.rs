@@ -86,6 +86,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of current (non-deleted) resources per type, for `/metadata` and stats.
     async fn counts(&self) -> Result<Vec<(String, u64)>>;
+
+    /// Current (non-deleted) resources in a stable backend order, `limit` at a time,
+    /// starting after position `after` (`None`: from the start). For reindexing.
+    async fn scan_current(&self, after: Option<u64>, limit: usize) -> Result<ScanPage>;
+
+    /// Whether a schema upgrade added index data that existing resources lack, so a
+    /// reindex should run (see [`StoreTx::reindex`]).
+    async fn reindex_pending(&self) -> Result<bool>;
+
+    /// Record that a full reindex has completed.
+    async fn clear_reindex_pending(&self) -> Result<()>;
 }
 
 /// One atomic unit of work on a [`Store`].
@@ -122,6 +133,18 @@ pub trait StoreTx: Send {
 
     /// Keep the writes since the last savepoint and drop it.
     async fn release_savepoint(&mut self) -> Result<()>;
+
+    /// Replace the index rows and full text of a resource's current version, if that
+    /// is still `version` (a newer version was indexed when it was written); no new
+    /// version, no history entry.
+    async fn reindex(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        version: u64,
+        index: Vec<IndexRow>,
+        fulltext: Option<FullText>,
+    ) -> Result<()>;
 
     /// Make every write of this transaction durable and visible.
     async fn commit(self: Box<Self>) -> Result<()>;

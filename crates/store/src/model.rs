@@ -80,6 +80,16 @@ pub struct NewVersion {
     pub fulltext: Option<FullText>,
 }
 
+/// A page of [`crate::Store::scan_current`].
+#[derive(Debug, Clone)]
+pub struct ScanPage {
+    pub records: Vec<VersionRecord>,
+    /// Where the next page starts (`None`: this was the last).
+    pub next: Option<u64>,
+    /// Current resources in all (for progress).
+    pub total: u64,
+}
+
 /// The text a resource is found by in full-text search.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FullText {

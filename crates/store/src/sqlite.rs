@@ -12,8 +12,8 @@
 //! queued write's failure (see [`StoreTx::put`]).
 
 use crate::{
-    Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result,
-    SearchPage, SearchQuery, Store, StoreError, StoreTx, VersionRecord,
+    FullText, Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result,
+    ScanPage, SearchPage, SearchQuery, Store, StoreError, StoreTx, VersionRecord,
 };
 use async_trait::async_trait;
 use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
@@ -99,6 +99,9 @@ CREATE INDEX idx_uri_rid ON idx_uri (rid);
     r#"
 CREATE VIRTUAL TABLE fulltext USING fts5(narrative, content, content = '', contentless_delete = 1,
     tokenize = 'unicode61 remove_diacritics 2');
+CREATE TABLE salus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Resources stored before this version have no full text (nor composite rows).
+INSERT INTO salus_meta (key, value) SELECT 'reindex_pending', '1' WHERE EXISTS (SELECT 1 FROM resources);
 "#,
 ];
 
@@ -543,6 +546,59 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn scan_current(&self, after: Option<u64>, limit: usize) -> Result<ScanPage> {
+        let conn = self.reader()?;
+        let total: i64 = conn
+            .prepare_cached("SELECT count(*) FROM resources WHERE deleted = 0")
+            .map_err(db_err)?
+            .query_row([], |r| r.get(0))
+            .map_err(db_err)?;
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLS}, r.rid FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+                 WHERE r.rid > ?1 AND r.deleted = 0 ORDER BY r.rid LIMIT ?2"
+            ))
+            .map_err(db_err)?;
+        let rows: Vec<(VersionRecord, i64)> = st
+            .query_map(params![after.unwrap_or(0) as i64, limit as i64], |r| {
+                Ok((row_to_record(r)?, r.get(7)?))
+            })
+            .map_err(db_err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db_err)?;
+        let next = (rows.len() == limit)
+            .then(|| rows.last().map(|(_, rid)| *rid as u64))
+            .flatten();
+        Ok(ScanPage {
+            records: rows.into_iter().map(|(r, _)| r).collect(),
+            next,
+            total: total as u64,
+        })
+    }
+
+    async fn reindex_pending(&self) -> Result<bool> {
+        let conn = self.reader()?;
+        let v: Option<String> = conn
+            .prepare_cached("SELECT value FROM salus_meta WHERE key = 'reindex_pending'")
+            .map_err(db_err)?
+            .query_row([], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        Ok(v.as_deref() == Some("1"))
+    }
+
+    async fn clear_reindex_pending(&self) -> Result<()> {
+        let _lock = self.inner.lock.lock().await;
+        self.inner
+            .writer
+            .call(|c| {
+                c.execute("DELETE FROM salus_meta WHERE key = 'reindex_pending'", [])
+                    .map(|_| ())
+                    .map_err(db_err)
+            })
+            .await
+    }
+
     async fn counts(&self) -> Result<Vec<(String, u64)>> {
         let r = self.reader()?;
         let mut st = r
@@ -659,16 +715,7 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
                 w.last_updated
             ])
             .map_err(db_err)?;
-            for table in INDEX_TABLES {
-                conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
-                    .map_err(db_err)?
-                    .execute(params![rid])
-                    .map_err(db_err)?;
-            }
-            conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
-                .map_err(db_err)?
-                .execute(params![rid])
-                .map_err(db_err)?;
+            delete_index(conn, rid)?;
             rid
         }
         None => {
@@ -690,22 +737,66 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
         }
     };
     if w.body.is_some() {
-        insert_index(conn, &w.rtype, rid, &w.index)?;
-        if let Some(t) = w.fulltext.as_ref().filter(|t| !t.content.is_empty()) {
-            conn.prepare_cached(
-                "INSERT INTO fulltext (rowid, narrative, content) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(db_err)?
-            .execute(params![rid, t.narrative, t.content])
-            .map_err(db_err)?;
-        }
+        insert_index(conn, &w.rtype, rid, &w.index, w.fulltext.as_ref())?;
     }
     Ok(())
 }
 
-/// Insert a resource's index rows. Absent systems, types and versions are stored as
-/// `''` (the tables' keys are NOT NULL); duplicates of a row are kept once.
-fn insert_index(conn: &Connection, rtype: &str, rid: i64, rows: &[IndexRow]) -> Result<()> {
+/// Replace the index rows and full text of `rtype/id` if its current version is
+/// `version` and not a deletion.
+fn reindex_sync(
+    conn: &Connection,
+    rtype: &str,
+    id: &str,
+    version: u64,
+    index: &[IndexRow],
+    fulltext: Option<FullText>,
+) -> Result<()> {
+    let rid: Option<i64> = conn
+        .prepare_cached(
+            "SELECT rid FROM resources WHERE rtype = ?1 AND id = ?2 AND version = ?3 AND deleted = 0",
+        )
+        .map_err(db_err)?
+        .query_row(params![rtype, id, version as i64], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    let Some(rid) = rid else {
+        return Ok(()); // changed since: the newer version was indexed when written
+    };
+    delete_index(conn, rid)?;
+    insert_index(conn, rtype, rid, index, fulltext.as_ref())
+}
+
+/// Remove every index row and the full text of resource `rid`.
+fn delete_index(conn: &Connection, rid: i64) -> Result<()> {
+    for table in INDEX_TABLES {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
+            .map_err(db_err)?
+            .execute(params![rid])
+            .map_err(db_err)?;
+    }
+    conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
+        .map_err(db_err)?
+        .execute(params![rid])
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Insert a resource's index rows and full text. Absent systems, types and versions
+/// are stored as `''` (the tables' keys are NOT NULL); duplicates of a row are kept once.
+fn insert_index(
+    conn: &Connection,
+    rtype: &str,
+    rid: i64,
+    rows: &[IndexRow],
+    fulltext: Option<&FullText>,
+) -> Result<()> {
+    if let Some(t) = fulltext.filter(|t| !t.content.is_empty()) {
+        conn.prepare_cached("INSERT INTO fulltext (rowid, narrative, content) VALUES (?1, ?2, ?3)")
+            .map_err(db_err)?
+            .execute(params![rid, t.narrative, t.content])
+            .map_err(db_err)?;
+    }
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     for row in rows {
         match row {
@@ -821,6 +912,29 @@ impl StoreTx for SqliteTx {
             .await
     }
 
+    async fn reindex(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        version: u64,
+        index: Vec<IndexRow>,
+        fulltext: Option<FullText>,
+    ) -> Result<()> {
+        self.take_failure()?;
+        let failed = self.failed.clone();
+        let (rtype, id) = (rtype.to_string(), id.to_string());
+        self.writer
+            .queue(move |c| {
+                if failed.lock().expect("failure slot").is_some() {
+                    return;
+                }
+                if let Err(e) = reindex_sync(c, &rtype, &id, version, &index, fulltext) {
+                    *failed.lock().expect("failure slot") = Some(e);
+                }
+            })
+            .await
+    }
+
     async fn savepoint(&mut self) -> Result<()> {
         self.call(|c| c.execute_batch("SAVEPOINT unit").map_err(db_err))
             .await
@@ -863,6 +977,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap();
         crate::contract::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn upgrading_a_store_with_data_asks_for_a_reindex() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("salus.db");
+        {
+            // a store as schema version 1 left it, with one resource
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!("{}; PRAGMA user_version = 1;", MIGRATIONS[0]))
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO resource_versions (rtype, id, version, last_updated, method, body) \
+                 VALUES ('Patient', 'p1', 1, 0, 'PUT', '{}'); \
+                 INSERT INTO resources (rtype, id, version, seq, deleted, last_updated) \
+                 VALUES ('Patient', 'p1', 1, 1, 0, 0);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        assert!(store.reindex_pending().await.unwrap());
+        let fresh = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(fresh.path(), SqliteOptions::default()).unwrap();
+        assert!(
+            !store.reindex_pending().await.unwrap(),
+            "nothing to reindex"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,142 @@
+//! Rebuilding index rows and full text of stored resources (`salus reindex`,
+//! `POST [base]/$reindex`): after an upgrade that indexes more than before, or when
+//! search parameters change. Current versions only; no new versions, no history.
+//! Writes go on meanwhile: a resource written during the run is indexed by its write.
+
+use crate::{index, FhirError, FhirService, Result};
+use serde_json::{json, Value};
+
+/// Resources per store transaction.
+const PAGE: usize = 500;
+
+/// State of the background reindex job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReindexState {
+    #[default]
+    Idle,
+    Running,
+    Completed,
+    Failed(String),
+}
+
+/// Progress of the reindex job, as `GET [base]/$reindex` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct ReindexStatus {
+    pub state: ReindexState,
+    pub processed: u64,
+    pub total: u64,
+    /// Microseconds since the epoch.
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+}
+
+impl ReindexStatus {
+    /// As a FHIR `Parameters` resource.
+    pub fn to_parameters(&self) -> Value {
+        let state = match &self.state {
+            ReindexState::Idle => "idle",
+            ReindexState::Running => "running",
+            ReindexState::Completed => "completed",
+            ReindexState::Failed(_) => "failed",
+        };
+        let mut params = vec![
+            json!({"name": "status", "valueCode": state}),
+            json!({"name": "processed", "valueInteger": self.processed}),
+            json!({"name": "total", "valueInteger": self.total}),
+        ];
+        if let Some(t) = self.started {
+            params.push(json!({"name": "started", "valueInstant": crate::time::format_instant(t)}));
+        }
+        if let Some(t) = self.finished {
+            params
+                .push(json!({"name": "finished", "valueInstant": crate::time::format_instant(t)}));
+        }
+        if let ReindexState::Failed(e) = &self.state {
+            params.push(json!({"name": "error", "valueString": e}));
+        }
+        json!({"resourceType": "Parameters", "parameter": params})
+    }
+}
+
+impl FhirService {
+    /// Reindex every current resource, calling `progress(done, total)` after each page;
+    /// returns how many were reindexed. Clears the store's "reindex pending" mark.
+    pub async fn reindex(&self, progress: impl Fn(u64, u64) + Send) -> Result<u64> {
+        let mut after = None;
+        let mut done = 0u64;
+        loop {
+            let page = self.store().scan_current(after, PAGE).await?;
+            let mut tx = self.store().begin().await?;
+            for rec in &page.records {
+                let Some(body) = rec.body.as_deref() else {
+                    continue;
+                };
+                let value: Value = serde_json::from_str(body).map_err(|e| {
+                    FhirError::Internal(format!("stored {}/{} is not JSON: {e}", rec.rtype, rec.id))
+                })?;
+                let indexed = index::extract(&value);
+                tx.reindex(
+                    &rec.rtype,
+                    &rec.id,
+                    rec.version,
+                    indexed.rows,
+                    Some(indexed.text),
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            done += page.records.len() as u64;
+            progress(done, page.total.max(done));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        self.store().clear_reindex_pending().await?;
+        Ok(done)
+    }
+
+    /// Start [`FhirService::reindex`] in the background (Conflict while one runs).
+    pub fn start_reindex(&self) -> Result<ReindexStatus> {
+        {
+            let mut job = self.reindex_job.lock().expect("reindex status");
+            if job.state == ReindexState::Running {
+                return Err(FhirError::Conflict("a reindex is already running".into()));
+            }
+            *job = ReindexStatus {
+                state: ReindexState::Running,
+                started: Some(crate::time::now_micros()),
+                ..Default::default()
+            };
+        }
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let job = svc.reindex_job.clone();
+            let result = svc
+                .reindex(|done, total| {
+                    let mut j = job.lock().expect("reindex status");
+                    j.processed = done;
+                    j.total = total;
+                })
+                .await;
+            let mut j = job.lock().expect("reindex status");
+            j.finished = Some(crate::time::now_micros());
+            match result {
+                Ok(n) => {
+                    j.state = ReindexState::Completed;
+                    tracing::info!(resources = n, "reindex completed");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reindex failed");
+                    j.state = ReindexState::Failed(e.to_string());
+                }
+            }
+        });
+        Ok(self.reindex_status())
+    }
+
+    /// The background reindex job's progress.
+    pub fn reindex_status(&self) -> ReindexStatus {
+        self.reindex_job.lock().expect("reindex status").clone()
+    }
+}
