@@ -262,6 +262,13 @@ pub async fn read(
 ) -> ApiResult {
     let p = pairs(&q);
     let fmt = response_format(&headers, &p)?;
+    if rtype == "SearchParameter" && id == "$status" {
+        return Ok(json_response(
+            StatusCode::OK,
+            &state.service.search_parameter_status(),
+            fmt,
+        ));
+    }
     let base = base_url(&state, &headers);
     let r = state.service.read(&rtype, &id).await?;
     if let Some(inm) = headers

@@ -671,3 +671,114 @@ async fn reindex_rebuilds_indexes_in_the_background() {
         "reindexing makes no new version"
     );
 }
+
+/// A SearchParameter resource goes live when stored: later writes are indexed and
+/// searchable at once, `$reindex` indexes what was stored before, `$status` reports
+/// it; an unusable one is refused; deleting it retires it.
+#[tokio::test]
+async fn custom_search_parameters_go_live() {
+    let app = app();
+    let born_in = |city: &str| {
+        json!({"resourceType": "Patient", "extension": [{
+            "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+            "valueAddress": {"city": city}}]})
+    };
+    let before = app.create(&born_in("Boston")).await;
+    let sp = json!({"resourceType": "SearchParameter",
+        "url": "http://example.org/fhir/SearchParameter/patient-birthplace-city",
+        "name": "BirthplaceCity", "status": "active", "description": "City of birth",
+        "code": "birthplace-city", "base": ["Patient"], "type": "string",
+        "expression": "Patient.extension.where(url = 'http://hl7.org/fhir/StructureDefinition/patient-birthPlace').value.ofType(Address).city"});
+    let sp_id = app.create(&sp).await;
+    let after = app.create(&born_in("Boston")).await;
+    let elsewhere = app.create(&born_in("Denver")).await;
+    assert_eq!(
+        find(&app, "/Patient?birthplace-city=bos").await,
+        vec![after.clone()],
+        "written after the parameter went live"
+    );
+    let status = app.get("/SearchParameter/$status").await.expect(200).json;
+    let mine = status["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["part"][1]["valueCode"] == "birthplace-city")
+        .expect("listed")
+        .clone();
+    assert_eq!(mine["part"][4]["valueCode"], "active");
+    assert_eq!(mine["part"][5]["valueBoolean"], false);
+    let meta = app.get("/metadata").await.expect(200).json;
+    let patient = meta["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap()
+        .clone();
+    assert!(patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "birthplace-city"));
+
+    app.post("/$reindex", &json!({})).await.expect(202);
+    for _ in 0..200 {
+        let s = app.get("/$reindex").await.expect(200).json;
+        if s["parameter"][0]["valueCode"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut both = vec![before.clone(), after.clone()];
+    both.sort();
+    assert_eq!(find(&app, "/Patient?birthplace-city=boston").await, both);
+    assert_eq!(
+        find(&app, "/Patient?birthplace-city=denver").await,
+        vec![elsewhere]
+    );
+    let status = app.get("/SearchParameter/$status").await.expect(200).json;
+    assert!(status["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["part"][1]["valueCode"] == "birthplace-city"
+            && p["part"][5]["valueBoolean"] == true));
+
+    // Unusable definitions are refused with a reason, and nothing is stored.
+    for (bad, why) in [
+        (
+            json!({"code": "name", "base": ["Patient"], "type": "string", "expression": "Patient.name"}),
+            "already has",
+        ),
+        (
+            json!({"code": "x-bad", "base": ["Patient"], "type": "string", "expression": "Patient.name.("}),
+            "FHIRPath",
+        ),
+        (
+            json!({"code": "x-bad", "base": ["NoSuchType"], "type": "string", "expression": "Patient.name"}),
+            "NoSuchType",
+        ),
+    ] {
+        let mut r = bad.clone();
+        r["resourceType"] = json!("SearchParameter");
+        r["url"] = json!("http://example.org/fhir/SearchParameter/bad");
+        r["name"] = json!("Bad");
+        r["status"] = json!("active");
+        r["description"] = json!("bad");
+        let resp = app.post("/SearchParameter", &r).await.expect(400);
+        assert!(resp.text.contains(why), "{why}: {}", resp.text);
+    }
+    // Deleting it retires it.
+    app.delete(&format!("/SearchParameter/{sp_id}"))
+        .await
+        .expect(204);
+    let r = app
+        .req(
+            "GET",
+            "/Patient?birthplace-city=boston",
+            &[("prefer", "handling=strict")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}

@@ -579,19 +579,151 @@ static SEARCH: LazyLock<SearchTables> = LazyLock::new(|| {
 /// Sorted by code; empty for an unknown type.
 pub fn search_params(resource_type: &str) -> Vec<&'static SearchParamDef> {
     let s = &*SEARCH;
-    s.by_type
+    let mut out: Vec<&'static SearchParamDef> = s
+        .by_type
         .get(resource_type)
         .map(|idx| idx.iter().map(|&i| &s.all[i]).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let custom = CUSTOM.read().expect("custom search parameters");
+    if !custom.params.is_empty() && s.by_type.contains_key(resource_type) {
+        out.extend(
+            custom
+                .params
+                .iter()
+                .filter(|p| applies_to(p, resource_type)),
+        );
+        out.sort_by(|a, b| a.code.cmp(&b.code));
+    }
+    out
 }
 
-/// The search parameter `code` of a resource type (common ones included).
+/// The search parameter `code` of a resource type (common ones included, then custom
+/// ones).
 pub fn search_param(resource_type: &str, code: &str) -> Option<&'static SearchParamDef> {
     let s = &*SEARCH;
     let idx = s.by_type.get(resource_type)?;
-    idx.binary_search_by(|&i| s.all[i].code.as_str().cmp(code))
-        .ok()
-        .map(|pos| &s.all[idx[pos]])
+    if let Ok(pos) = idx.binary_search_by(|&i| s.all[i].code.as_str().cmp(code)) {
+        return Some(&s.all[idx[pos]]);
+    }
+    let custom = CUSTOM.read().expect("custom search parameters");
+    custom
+        .params
+        .iter()
+        .copied()
+        .find(|p| p.code == code && applies_to(p, resource_type))
+}
+
+fn applies_to(p: &SearchParamDef, resource_type: &str) -> bool {
+    p.base.iter().any(|b| b == resource_type || b == "Resource")
+        || (p.base.iter().any(|b| b == "DomainResource")
+            && type_def(resource_type).is_some_and(|t| t.base == Some("DomainResource")))
+}
+
+// ------------------------------------------------------------------------------------------
+// Custom search parameters (SearchParameter resources stored on the server)
+// ------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Custom {
+    /// Leaked once per registration: definitions are `'static` like the built-in ones.
+    params: Vec<&'static SearchParamDef>,
+    /// The generation each parameter was registered in (same order as `params`).
+    registered: Vec<u64>,
+    generation: u64,
+}
+
+static CUSTOM: LazyLock<std::sync::RwLock<Custom>> = LazyLock::new(Default::default);
+
+/// Why a custom search parameter cannot be used.
+pub fn check_custom(def: &SearchParamDef) -> Result<(), String> {
+    if def.code.is_empty()
+        || !def
+            .code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "code '{}' is not a valid search parameter name",
+            def.code
+        ));
+    }
+    if def.base.is_empty() {
+        return Err("base names no resource type".into());
+    }
+    let s = &*SEARCH;
+    for b in &def.base {
+        if !s.by_type.contains_key(b.as_str()) {
+            return Err(format!("base '{b}' is not a resource type"));
+        }
+        // Built-in parameters cannot be redefined, nor another custom one's code reused.
+        if let Some(existing) = search_param(b, &def.code).filter(|e| e.url != def.url) {
+            return Err(format!(
+                "{b} already has a search parameter '{}' ({})",
+                def.code, existing.url
+            ));
+        }
+    }
+    if matches!(
+        def.kind,
+        SearchParamType::Special | SearchParamType::Composite
+    ) {
+        return Err(format!(
+            "custom {} search parameters are not supported",
+            def.kind.as_str()
+        ));
+    }
+    if def.expression.as_deref().unwrap_or("").trim().is_empty() {
+        return Err("expression is required".into());
+    }
+    Ok(())
+}
+
+/// Make a custom search parameter live (replacing one with the same URL), after
+/// [`check_custom`].
+pub fn register_custom(def: SearchParamDef) -> Result<(), String> {
+    if SEARCH.all.iter().any(|p| p.url == def.url) {
+        return Ok(()); // an official parameter, already built in
+    }
+    check_custom(&def)?;
+    let leaked: &'static SearchParamDef = Box::leak(Box::new(def));
+    let mut c = CUSTOM.write().expect("custom search parameters");
+    if let Some(i) = c.params.iter().position(|p| p.url == leaked.url) {
+        c.params.remove(i);
+        c.registered.remove(i);
+    }
+    c.generation += 1;
+    let g = c.generation;
+    c.params.push(leaked);
+    c.registered.push(g);
+    Ok(())
+}
+
+/// Retire the custom search parameter with this URL; whether there was one.
+pub fn unregister_custom(url: &str) -> bool {
+    let mut c = CUSTOM.write().expect("custom search parameters");
+    let Some(i) = c.params.iter().position(|p| p.url == url) else {
+        return false;
+    };
+    c.params.remove(i);
+    c.registered.remove(i);
+    c.generation += 1;
+    true
+}
+
+/// The live custom search parameters, each with the [`custom_generation`] it was
+/// registered in.
+pub fn custom_search_params() -> Vec<(&'static SearchParamDef, u64)> {
+    let c = CUSTOM.read().expect("custom search parameters");
+    c.params
+        .iter()
+        .copied()
+        .zip(c.registered.iter().copied())
+        .collect()
+}
+
+/// Changes whenever the custom search parameters change (caches compare it).
+pub fn custom_generation() -> u64 {
+    CUSTOM.read().expect("custom search parameters").generation
 }
 
 /// The search parameter with a canonical URL (composite components name theirs so).

@@ -61,6 +61,7 @@ async fn store_needs_reindex(svc: &FhirService) -> Result<bool> {
 pub async fn reindex_cli(config: &Config, progress: bool) -> Result<u64> {
     let store = open_store(config)?;
     let svc = service(config, store.clone());
+    svc.load_search_parameters().await?;
     let bar = if progress {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -147,6 +148,13 @@ pub async fn serve(config: Config) -> Result<()> {
         if loaded > 0 {
             tracing::info!(resources = loaded, "loaded demo data");
         }
+    }
+    let live = svc
+        .load_search_parameters()
+        .await
+        .context("cannot load the stored SearchParameters")?;
+    if live > 0 {
+        tracing::info!(parameters = live, "custom search parameters are live");
     }
     if store_needs_reindex(&svc).await? {
         tracing::warn!(

@@ -33,14 +33,21 @@ struct Compiled {
 }
 
 /// Parameters per resource type, compiled on first use of the type.
-static COMPILED: LazyLock<std::sync::RwLock<HashMap<String, &'static [Compiled]>>> =
-    LazyLock::new(Default::default);
+/// (Custom-parameter generation it was built for, parameters by type.)
+type Cache = (u64, HashMap<String, &'static [Compiled]>);
+static COMPILED: LazyLock<std::sync::RwLock<Cache>> = LazyLock::new(Default::default);
 
 const SKIPPED: &[&str] = &["_id", "_lastUpdated", "_text", "_content", "_query"];
 
 fn compiled(rtype: &str) -> &'static [Compiled] {
-    if let Some(c) = COMPILED.read().expect("index cache").get(rtype) {
-        return c;
+    let generation = defs::custom_generation();
+    {
+        let cache = COMPILED.read().expect("index cache");
+        if cache.0 == generation {
+            if let Some(c) = cache.1.get(rtype) {
+                return c;
+            }
+        }
     }
     let list: Vec<Compiled> = defs::search_params(rtype)
         .into_iter()
@@ -77,10 +84,12 @@ fn compiled(rtype: &str) -> &'static [Compiled] {
         })
         .collect();
     let leaked: &'static [Compiled] = Box::leak(list.into_boxed_slice());
-    COMPILED
-        .write()
-        .expect("index cache")
-        .insert(rtype.to_string(), leaked);
+    let mut cache = COMPILED.write().expect("index cache");
+    if cache.0 != generation {
+        // custom parameters changed: recompile every type on its next use
+        *cache = (generation, HashMap::new());
+    }
+    cache.1.insert(rtype.to_string(), leaked);
     leaked
 }
 

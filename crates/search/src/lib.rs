@@ -5,6 +5,7 @@
 //! FHIRPath engine) extraction of index rows from resources at write time.
 //! Must not touch: SQL (backends turn the plan into queries), HTTP.
 
+pub mod custom;
 pub mod extract;
 pub mod fulltext;
 pub mod normalize;

@@ -62,6 +62,7 @@ impl FhirService {
     /// Reindex every current resource, calling `progress(done, total)` after each page;
     /// returns how many were reindexed. Clears the store's "reindex pending" mark.
     pub async fn reindex(&self, progress: impl Fn(u64, u64) + Send) -> Result<u64> {
+        let generation = salus_fhir::defs::custom_generation();
         let mut after = None;
         let mut done = 0u64;
         loop {
@@ -93,7 +94,60 @@ impl FhirService {
             }
         }
         self.store().clear_reindex_pending().await?;
+        self.reindexed_generation
+            .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
         Ok(done)
+    }
+
+    /// Make every stored `SearchParameter` live (at start-up); returns how many are.
+    pub async fn load_search_parameters(&self) -> Result<usize> {
+        let mut q = salus_store::SearchQuery::new("SearchParameter");
+        q.count = 10_000;
+        let page = self.store().search(&q).await?;
+        let mut live = 0;
+        for rec in page.entries {
+            let Some(v) = rec
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            else {
+                continue;
+            };
+            match salus_search::custom::definition(&v) {
+                Ok(Some(def)) => match salus_fhir::defs::register_custom(def) {
+                    Ok(()) => live += 1,
+                    Err(e) => {
+                        tracing::warn!(id = %rec.id, error = %e, "SearchParameter not made live")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(id = %rec.id, error = %e, "SearchParameter not made live"),
+            }
+        }
+        Ok(live)
+    }
+
+    /// `SearchParameter/$status`: every custom parameter with its state — `active`
+    /// (searched, and indexed on every write) and whether stored resources have been
+    /// reindexed for it since it went live.
+    pub fn search_parameter_status(&self) -> Value {
+        let reindexed = self
+            .reindexed_generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let params: Vec<Value> = salus_fhir::defs::custom_search_params()
+            .into_iter()
+            .map(|(def, generation)| {
+                json!({"name": "parameter", "part": [
+                    {"name": "url", "valueUri": def.url},
+                    {"name": "code", "valueCode": def.code},
+                    {"name": "base", "valueString": def.base.join(",")},
+                    {"name": "type", "valueCode": def.kind.as_str()},
+                    {"name": "status", "valueCode": "active"},
+                    {"name": "existingResourcesIndexed", "valueBoolean": generation <= reindexed},
+                ]})
+            })
+            .collect();
+        json!({"resourceType": "Parameters", "parameter": params})
     }
 
     /// Start [`FhirService::reindex`] in the background (Conflict while one runs).

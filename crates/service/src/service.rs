@@ -84,6 +84,8 @@ pub struct FhirService {
     store: Arc<dyn Store>,
     limits: Limits,
     pub(crate) reindex_job: Arc<std::sync::Mutex<crate::reindex::ReindexStatus>>,
+    /// The custom-parameter generation the last completed reindex covered.
+    pub(crate) reindexed_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Check a resource type named in a URL.
@@ -235,6 +237,18 @@ pub(crate) async fn put_version(
     current: Option<Head>,
     method: Method,
 ) -> Result<WriteOutcome> {
+    // A SearchParameter is checked before it is stored, and live once it is.
+    let custom = rtype == "SearchParameter";
+    if custom {
+        salus_search::custom::definition(&body).map_err(|e| {
+            FhirError::invalid_at(
+                IssueCode::Invalid,
+                "SearchParameter",
+                format!("cannot be used as a search parameter: {e}"),
+            )
+        })?;
+    }
+    let search_param = custom.then(|| body.clone());
     let version = current.map_or(1, |c| c.version + 1);
     let last_updated = next_timestamp(time::now_micros(), current.map(|c| c.last_updated));
     let text = finalize(body, id, version, last_updated);
@@ -251,6 +265,11 @@ pub(crate) async fn put_version(
         fulltext: Some(index.text),
     })
     .await?;
+    if let Some(sp) = search_param {
+        if let Err(e) = salus_search::custom::apply(&sp) {
+            tracing::warn!(error = %e, "search parameter not made live");
+        }
+    }
     Ok(WriteOutcome {
         record: VersionRecord {
             rtype: rtype.to_string(),
@@ -281,6 +300,16 @@ pub(crate) async fn tx_delete(
     };
     if current.is_deleted() {
         return Ok(None);
+    }
+    if rtype == "SearchParameter" {
+        let url = current
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            .and_then(|v| v.get("url").and_then(Value::as_str).map(str::to_owned));
+        if let Some(url) = url {
+            salus_fhir::defs::unregister_custom(&url);
+        }
     }
     let version = current.version + 1;
     let last_updated = next_timestamp(time::now_micros(), Some(current.last_updated));
@@ -375,6 +404,7 @@ impl FhirService {
             store,
             limits,
             reindex_job: Arc::default(),
+            reindexed_generation: Arc::default(),
         }
     }
 
