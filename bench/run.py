@@ -4,7 +4,7 @@ client to CPU 0 (taskset), so client and server do not compete for a core."""
 import json, os, re, shutil, signal, subprocess, sys, time, urllib.request
 
 OUT = "bench-out"
-BIN = "target/release/salus"
+BIN = os.environ.get("SALUS_BIN", "target/release/salus")
 N = int(os.environ.get("BENCH_PATIENTS", "500"))
 SEED = 2026
 SHARED = os.environ.get("SALUS_SHARED_DIR", "../shared")
