@@ -457,6 +457,15 @@ async fn composite_parameters_match_within_one_element() {
     assert_eq!(
         find(
             &app,
+            &format!("{q}8480-6$gt18|http://unitsofmeasure.org|kPa")
+        )
+        .await,
+        vec![high.clone()],
+        "UCUM conversion inside a composite: 150 mm[Hg] is 20 kPa, 120 is 16"
+    );
+    assert_eq!(
+        find(
+            &app,
             "/Observation?code-value-quantity=http://loinc.org|29463-7$ge80"
         )
         .await,
@@ -781,4 +790,59 @@ async fn custom_search_parameters_go_live() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
+}
+
+/// UCUM quantities are also indexed in canonical form, so a search in one unit finds
+/// values stored in another of the same dimension (R4 search.html#quantity).
+#[tokio::test]
+async fn ucum_quantities_match_across_units() {
+    let app = app();
+    let obs = |value: f64, code: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+            "valueQuantity": {"value": value, "unit": code, "system": "http://unitsofmeasure.org", "code": code}})
+    };
+    let mg = app.create(&obs(5400.0, "mg")).await;
+    let g = app.create(&obs(7.0, "g")).await;
+    let lb = app.create(&obs(1.0, "[lb_av]")).await; // 453.6 g
+    let temp = app.create(&obs(37.0, "Cel")).await;
+    let q = "/Observation?value-quantity=";
+    assert_eq!(
+        find(&app, &format!("{q}5.4|http://unitsofmeasure.org|g")).await,
+        vec![mg.clone()]
+    );
+    assert_eq!(
+        find(&app, &format!("{q}5400|http://unitsofmeasure.org|mg")).await,
+        vec![mg.clone()],
+        "the stored unit itself still matches"
+    );
+    let mut heavier = vec![g.clone(), lb.clone()];
+    heavier.sort();
+    assert_eq!(
+        find(&app, &format!("{q}gt6000|http://unitsofmeasure.org|mg")).await,
+        heavier
+    );
+    assert_eq!(
+        find(&app, &format!("{q}lt0.01|http://unitsofmeasure.org|kg")).await,
+        {
+            let mut v = vec![mg.clone(), g.clone()];
+            v.sort();
+            v
+        }
+    );
+    assert!(
+        find(&app, &format!("{q}5.4|http://unitsofmeasure.org|mL"))
+            .await
+            .is_empty(),
+        "another dimension never matches"
+    );
+    assert_eq!(
+        find(&app, &format!("{q}37|http://unitsofmeasure.org|Cel")).await,
+        vec![temp],
+        "special units match as written"
+    );
+    assert!(
+        find(&app, &format!("{q}5.4||g")).await.is_empty(),
+        "without a system, units are compared as written"
+    );
 }

@@ -605,6 +605,15 @@ pub fn is_known_ucum(unit: &str) -> bool {
     canonical(unit).is_some()
 }
 
+/// A UCUM unit in canonical form, for search (R4 search.html#quantity): the factor to
+/// multiply a value by, and a key naming its dimensions (the same for `mg`, `g` and
+/// `[lb_av]`). `None` for unknown and special (affine) units such as `Cel`.
+pub fn ucum_canonical(unit: &str) -> Option<(f64, String)> {
+    let c = canonical(unit)?;
+    let key: Vec<String> = c.dims.iter().map(|d| d.to_string()).collect();
+    Some((c.factor.to_f64()?, key.join(".")))
+}
+
 /// Value of `q` converted to `unit`, when the dimensions match.
 pub fn convert(q: &Quantity, unit: &str) -> Option<Quantity> {
     let target = Quantity::new(Decimal::ONE, unit);
@@ -623,6 +632,18 @@ mod tests {
 
     fn q(v: &str, u: &str) -> Quantity {
         Quantity::new(Decimal::from_str(v).unwrap(), u)
+    }
+
+    #[test]
+    fn canonical_forms_for_search() {
+        let (mg, kmg) = ucum_canonical("mg").unwrap();
+        let (lb, klb) = ucum_canonical("[lb_av]").unwrap();
+        assert_eq!(kmg, klb, "same dimension, same key");
+        assert!((5400.0 * mg - 5.4).abs() < 1e-9, "mg to g");
+        assert!((lb - 453.59237).abs() < 1e-6);
+        assert_ne!(ucum_canonical("mm[Hg]").unwrap().1, kmg);
+        assert!(ucum_canonical("Cel").is_none());
+        assert!(ucum_canonical("nonsense").is_none());
     }
 
     #[test]

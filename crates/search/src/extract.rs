@@ -174,9 +174,10 @@ fn composite_rows<'a>(
                 rows_for(def2.kind, &key, v, rows);
             }
             // keep the value rows only (not `:text` rows of a token's display)
+            let canonical = crate::parse::canonical_param(&key);
             let mut i = start;
             while i < rows.len() {
-                if row_param(&rows[i]) == key {
+                if row_param(&rows[i]) == key || row_param(&rows[i]) == canonical {
                     i += 1;
                 } else {
                     rows.swap_remove(i);
@@ -478,6 +479,16 @@ fn rows_for(kind: SearchParamType, param: &str, item: &Item<'_>, rows: &mut Vec<
                         system: None,
                         code: Some(u),
                     });
+                }
+                if let (Some(crate::parse::UCUM), Some(c)) = (system.as_deref(), code.as_deref()) {
+                    if let Some((factor, dims)) = salus_fhirpath::quantity::ucum_canonical(c) {
+                        rows.push(IndexRow::Number {
+                            param: crate::parse::canonical_param(param),
+                            value: v * factor,
+                            system: None,
+                            code: Some(dims),
+                        });
+                    }
                 }
             }
         }

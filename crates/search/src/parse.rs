@@ -81,6 +81,20 @@ pub struct SearchPlan {
     pub ignored: Vec<(String, String)>,
 }
 
+/// The UCUM code system.
+pub const UCUM: &str = "http://unitsofmeasure.org";
+
+/// Where a quantity parameter's UCUM values are also stored in canonical form (value in
+/// base units, code naming the dimensions), apart from the values as written.
+/// (For a composite's key, `code$value|system`, the marker goes before the `$`, so
+/// that a search without a system — a prefix over the keys — never reaches them.)
+pub fn canonical_param(param: &str) -> String {
+    match param.split_once('$') {
+        Some((code, key)) => format!("{code}:canonical${key}"),
+        None => format!("{param}:canonical"),
+    }
+}
+
 /// The index kind a parameter type lives in (`None`: composite/special).
 pub fn index_kind(t: SearchParamType) -> Option<IndexKind> {
     Some(match t {
@@ -679,24 +693,55 @@ fn typed_clause(
             if let Some(m) = modifier {
                 return Err(unsupported(m));
             }
-            let any = vals
-                .iter()
-                .map(|v| {
-                    let parts: Vec<String> =
-                        split_escaped(v, '|').iter().map(|p| unescape(p)).collect();
-                    let range = number_match(code, &parts[0])?;
-                    let opt = |i: usize| parts.get(i).filter(|s| !s.is_empty()).cloned();
-                    Ok(QuantityMatch {
-                        range,
-                        system: opt(1),
-                        code: opt(2),
-                    })
-                })
-                .collect::<Result<Vec<_>, SearchError>>()?;
-            ne_split(Clause::Quantity {
-                param: code.to_string(),
-                any,
-            })
+            // Each value searches the rows as written, or — with a UCUM unit — every
+            // stored UCUM quantity of that dimension, converted
+            // (`5.4|http://unitsofmeasure.org|g` finds 5400 mg).
+            let mut by_param: Vec<(String, Vec<QuantityMatch>)> = vec![];
+            for v in &vals {
+                let parts: Vec<String> =
+                    split_escaped(v, '|').iter().map(|p| unescape(p)).collect();
+                let range = number_match(code, &parts[0])?;
+                let opt = |i: usize| parts.get(i).filter(|s| !s.is_empty()).cloned();
+                let (system, unit) = (opt(1), opt(2));
+                let canonical = match (system.as_deref(), unit.as_deref()) {
+                    (Some(UCUM), Some(u)) => salus_fhirpath::quantity::ucum_canonical(u),
+                    _ => None,
+                };
+                let (param, m) = match canonical {
+                    Some((factor, dims)) => (
+                        canonical_param(code),
+                        QuantityMatch {
+                            range: RangeMatch {
+                                prefix: range.prefix,
+                                low: range.low * factor,
+                                high: range.high * factor,
+                            },
+                            system: None,
+                            code: Some(dims),
+                        },
+                    ),
+                    None => (
+                        code.to_string(),
+                        QuantityMatch {
+                            range,
+                            system,
+                            code: unit,
+                        },
+                    ),
+                };
+                match by_param.iter_mut().find(|(p, _)| *p == param) {
+                    Some((_, any)) => any.push(m),
+                    None => by_param.push((param, vec![m])),
+                }
+            }
+            let mut clauses: Vec<Clause> = by_param
+                .into_iter()
+                .map(|(param, any)| ne_split(Clause::Quantity { param, any }))
+                .collect();
+            match clauses.len() {
+                1 => clauses.pop().expect("one"),
+                _ => Clause::Any(clauses),
+            }
         }
         SearchParamType::Reference => match modifier {
             Some("identifier") => Clause::Token {
