@@ -647,6 +647,26 @@ impl SqliteTx {
         }
     }
 
+    /// Queue a write; its failure is kept for the next call that waits, and writes
+    /// after a failed one are not applied.
+    async fn queue_write(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.take_failure()?;
+        let failed = self.failed.clone();
+        self.writer
+            .queue(move |c| {
+                if failed.lock().expect("failure slot").is_some() {
+                    return; // the transaction has already failed
+                }
+                if let Err(e) = f(c) {
+                    *failed.lock().expect("failure slot") = Some(e);
+                }
+            })
+            .await
+    }
+
     /// Run `f` on the writer connection after every queued write, reporting a queued
     /// write's failure first.
     async fn call<R: Send + 'static>(
@@ -898,18 +918,7 @@ impl StoreTx for SqliteTx {
     }
 
     async fn put(&mut self, write: NewVersion) -> Result<()> {
-        self.take_failure()?;
-        let failed = self.failed.clone();
-        self.writer
-            .queue(move |c| {
-                if failed.lock().expect("failure slot").is_some() {
-                    return; // the transaction has already failed
-                }
-                if let Err(e) = put_sync(c, write) {
-                    *failed.lock().expect("failure slot") = Some(e);
-                }
-            })
-            .await
+        self.queue_write(move |c| put_sync(c, write)).await
     }
 
     async fn reindex(
@@ -920,18 +929,8 @@ impl StoreTx for SqliteTx {
         index: Vec<IndexRow>,
         fulltext: Option<FullText>,
     ) -> Result<()> {
-        self.take_failure()?;
-        let failed = self.failed.clone();
         let (rtype, id) = (rtype.to_string(), id.to_string());
-        self.writer
-            .queue(move |c| {
-                if failed.lock().expect("failure slot").is_some() {
-                    return;
-                }
-                if let Err(e) = reindex_sync(c, &rtype, &id, version, &index, fulltext) {
-                    *failed.lock().expect("failure slot") = Some(e);
-                }
-            })
+        self.queue_write(move |c| reindex_sync(c, &rtype, &id, version, &index, fulltext))
             .await
     }
 
