@@ -241,8 +241,8 @@ fn located(name: &str, line: usize) -> String {
 
 /// A file parsed and validated for a local import, ready to write.
 pub enum Ready {
-    /// Resources (validated) and the line each came from.
-    Resources(Vec<usize>, Vec<Value>),
+    /// Resources, validated.
+    Resources(Vec<Value>),
     /// A transaction Bundle, parsed and validated.
     Transaction(PreparedTransaction),
 }
@@ -263,7 +263,7 @@ pub fn prepare_local(svc: &FhirService, name: &str, unit: Unit) -> Result<Ready,
         Unit::Resources(items) => {
             let (lines, values): (Vec<usize>, Vec<Value>) = items.into_iter().unzip();
             match svc.check_resources(&values) {
-                Ok(()) => Ok(Ready::Resources(lines, values)),
+                Ok(()) => Ok(Ready::Resources(values)),
                 Err(list) => Err(list
                     .into_iter()
                     .flat_map(|(i, issues)| {
@@ -296,7 +296,7 @@ async fn apply_local(
             .collect()
     };
     match ready {
-        Ready::Resources(_, values) => svc.checked_resources_into(tx, values).await.map_err(failed),
+        Ready::Resources(values) => svc.checked_resources_into(tx, values).await.map_err(failed),
         Ready::Transaction(t) => svc.apply_prepared(tx, t).await.map_err(failed),
     }
 }
