@@ -846,3 +846,61 @@ async fn ucum_quantities_match_across_units() {
         "without a system, units are compared as written"
     );
 }
+
+/// Token `:below` / `:above` follow the is-a hierarchy of a CodeSystem stored here.
+#[tokio::test]
+async fn token_below_and_above_follow_a_stored_code_system() {
+    let app = app();
+    let system = "http://example.org/fhir/CodeSystem/wounds";
+    app.create(&json!({"resourceType": "CodeSystem", "url": system, "status": "active",
+        "content": "complete", "hierarchyMeaning": "is-a",
+        "concept": [{"code": "wound", "display": "Wound", "concept": [
+            {"code": "burn", "display": "Burn", "concept": [{"code": "burn-2", "display": "Second-degree burn"}]},
+            {"code": "cut", "display": "Cut"}]},
+            {"code": "rash", "display": "Rash"}]}))
+        .await;
+    let mut ids = std::collections::HashMap::new();
+    for code in ["wound", "burn", "burn-2", "cut", "rash"] {
+        let id = app
+            .create(
+                &json!({"resourceType": "Condition", "subject": {"reference": "Patient/x"},
+                "code": {"coding": [{"system": system, "code": code}]}}),
+            )
+            .await;
+        ids.insert(code, id);
+    }
+    let set = |codes: &[&str]| {
+        let mut v: Vec<String> = codes.iter().map(|c| ids[c].clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        find(&app, &format!("/Condition?code:below={system}|burn")).await,
+        set(&["burn", "burn-2"])
+    );
+    assert_eq!(
+        find(&app, &format!("/Condition?code:below={system}|wound")).await,
+        set(&["wound", "burn", "burn-2", "cut"])
+    );
+    assert_eq!(
+        find(&app, &format!("/Condition?code:above={system}|burn-2")).await,
+        set(&["wound", "burn", "burn-2"])
+    );
+    assert_eq!(
+        find(
+            &app,
+            &format!("/Condition?code:below={system}|cut,{system}|rash")
+        )
+        .await,
+        set(&["cut", "rash"])
+    );
+    for bad in [
+        "/Condition?code:below=burn".to_string(),
+        format!("/Condition?code:below={system}|nosuch"),
+        "/Condition?code:below=http://unknown.example/cs|x".to_string(),
+    ] {
+        let r = app.get(&bad).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert_eq!(r.json["resourceType"], "OperationOutcome");
+    }
+}

@@ -18,6 +18,7 @@ pub mod response;
 mod search;
 mod service;
 pub mod shape;
+mod subsumption;
 /// Re-exported: instants and date ranges live in `salus-fhir`.
 pub use salus_fhir::instant as time;
 

@@ -39,7 +39,8 @@ impl FhirService {
         if !rtype.is_empty() {
             ensure_type(rtype)?;
         }
-        let plan = salus_search::parse(rtype, pairs, &self.options(strict))?;
+        let pairs = self.expand_subsumption(rtype, pairs).await?;
+        let plan = salus_search::parse(rtype, &pairs, &self.options(strict))?;
         self.run_plan(plan).await
     }
 
@@ -59,7 +60,8 @@ impl FhirService {
                 "compartment search is supported for the Patient compartment, not {compartment}"
             )));
         }
-        let mut plan = salus_search::parse(rtype, pairs, &self.options(strict))?;
+        let pairs = self.expand_subsumption(rtype, pairs).await?;
+        let mut plan = salus_search::parse(rtype, &pairs, &self.options(strict))?;
         plan.query.clauses.push(compartment_clause(rtype, id)?);
         self.run_plan(plan).await
     }
