@@ -1,70 +1,10 @@
 //! The real `salus` binary: start, serve, shut down gracefully, keep every
 //! acknowledged write.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod process;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(data: &std::path::Path, port: u16, demo: bool) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_salus"));
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("SALUS_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if demo {
-        cmd.arg("--demo");
-    }
-    let mut child = cmd.spawn().expect("salus starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("ready at") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-    }
-    std::thread::spawn(move || for _ in lines {});
-    child
-}
-
-fn stop(mut child: Child) {
-    let pid = child.id() as i32;
-    // SIGTERM, as an init system would send.
-    let rc = unsafe_kill(pid);
-    assert_eq!(rc, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "clean exit on SIGTERM: {status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "server did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn unsafe_kill(pid: i32) -> i32 {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .map(|s| if s.success() { 0 } else { 1 })
-        .unwrap_or(1)
-}
+use process::{free_port, start, stop};
+use std::process::Command;
 
 #[tokio::test]
 async fn serve_demo_then_restart_keeps_every_acknowledged_write() {

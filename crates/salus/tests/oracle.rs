@@ -9,10 +9,12 @@
 //! which `scripts/test` creates); without them the test is skipped, or fails when
 //! `SALUS_REQUIRE_SHARED` is set.
 
+mod process;
+
+use process::{free_port, start, stop};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -29,40 +31,6 @@ fn available(ok: bool, why: &str) -> bool {
     ok
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(data: &Path, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_salus"))
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("SALUS_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("salus starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("ready at") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-    }
-    std::thread::spawn(move || for _ in lines {});
-    child
-}
-
 /// Kills the server if the test panics before stopping it.
 struct Server(Option<Child>);
 
@@ -72,25 +40,6 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn stop(mut child: Child) {
-    // SIGTERM, as an init system would send.
-    let sent = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(sent, "SIGTERM sent");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "clean exit on SIGTERM: {status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "server did not stop");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -153,7 +102,7 @@ fn search_agrees_with_an_independent_fhirpath_oracle() {
         String::from_utf8_lossy(&import.stderr)
     );
     let port = free_port();
-    let mut server = Server(Some(start(&data, port)));
+    let mut server = Server(Some(start(&data, port, false)));
 
     let mut oracle = Command::new(&python)
         .arg(workspace().join("tests/oracle/oracle.py"))
