@@ -648,6 +648,7 @@ async fn reindex_rebuilds_indexes_in_the_background() {
         ),
         index: vec![],
         fulltext: None,
+        contained: vec![],
     })
     .await
     .unwrap();
@@ -845,6 +846,28 @@ async fn ucum_quantities_match_across_units() {
         find(&app, &format!("{q}5.4||g")).await.is_empty(),
         "without a system, units are compared as written"
     );
+    // `_sort` compares canonical values: 5,400 mg < 7 g < 1 [lb_av]
+    let order = |url: String| {
+        let app = &app;
+        async move {
+            let b = app.get(&url).await.expect(200).json;
+            b["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let masses = "/Observation?code=2345-7&value-quantity=gt0|http://unitsofmeasure.org|g";
+    assert_eq!(
+        order(format!("{masses}&_sort=value-quantity")).await,
+        vec![mg.clone(), g.clone(), lb.clone()]
+    );
+    assert_eq!(
+        order(format!("{masses}&_sort=-value-quantity")).await,
+        vec![lb, g, mg]
+    );
 }
 
 /// Token `:below` / `:above` follow the is-a hierarchy of a CodeSystem stored here.
@@ -902,5 +925,228 @@ async fn token_below_and_above_follow_a_stored_code_system() {
         let r = app.get(&bad).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text);
         assert_eq!(r.json["resourceType"], "OperationOutcome");
+    }
+    // conditional operations expand `:below` too: a conditional delete of every cut
+    // below "wound" that is not a burn finds exactly one
+    app.delete(&format!(
+        "/Condition?code:below={system}|cut&subject=Patient/x"
+    ))
+    .await
+    .expect(204);
+    assert!(find(&app, &format!("/Condition?code={system}|cut"))
+        .await
+        .is_empty());
+    // and inside a transaction: conditional creates whose criteria use `:below`
+    let bundle = |code: &str, below: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Condition", "subject": {"reference": "Patient/x"},
+                "code": {"coding": [{"system": system, "code": code}]}},
+             "request": {"method": "POST", "url": "Condition",
+                "ifNoneExist": format!("code:below={system}|{below}&subject=Patient/x")}}]})
+    };
+    let r = app.post("/", &bundle("burn-2", "burn-2")).await.expect(200);
+    assert_eq!(r.json["entry"][0]["response"]["status"], "200 OK", "found");
+    let r = app.post("/", &bundle("cut", "cut")).await.expect(200);
+    assert_eq!(
+        r.json["entry"][0]["response"]["status"], "201 Created",
+        "none left"
+    );
+    // burn and burn-2 are both below burn: ambiguous
+    app.post("/", &bundle("burn", "burn")).await.expect(412);
+}
+
+/// `_contained` / `_containedType` (R4 search.html#contained): contained resources are
+/// indexed with their container and found only when asked for.
+#[tokio::test]
+async fn contained_resources_are_found_when_asked_for() {
+    let app = app();
+    let rx = "http://www.nlm.nih.gov/research/umls/rxnorm";
+    let request = |code: &str| {
+        json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "subject": {"reference": "Patient/p1"},
+            "medicationReference": {"reference": "#med"},
+            "contained": [{"resourceType": "Medication", "id": "med",
+                "code": {"coding": [{"system": rx, "code": code}]}}]})
+    };
+    let mr1 = app.create(&request("1049502")).await;
+    let mr2 = app.create(&request("310965")).await;
+    let standalone = app
+        .create(&json!({"resourceType": "Medication",
+            "code": {"coding": [{"system": rx, "code": "1049502"}]}}))
+        .await;
+    let q = format!("/Medication?code={rx}|1049502");
+    assert_eq!(find(&app, &q).await, vec![standalone.clone()]);
+    assert_eq!(
+        find(&app, &format!("{q}&_contained=false")).await,
+        vec![standalone.clone()]
+    );
+    // the container by default
+    let b = app
+        .get(&format!("{q}&_contained=true"))
+        .await
+        .expect(200)
+        .json;
+    assert_eq!(ids(&b), vec![mr1.clone()]);
+    assert_eq!(
+        b["entry"][0]["resource"]["resourceType"],
+        "MedicationRequest"
+    );
+    let mut both = vec![mr1.clone(), standalone.clone()];
+    both.sort();
+    assert_eq!(find(&app, &format!("{q}&_contained=both")).await, both);
+    // the contained resource itself, addressed inside its container
+    let b = app
+        .get(&format!(
+            "{q}&_contained=true&_containedType=contained&_total=accurate"
+        ))
+        .await
+        .expect(200)
+        .json;
+    assert_eq!(b["total"], 1);
+    assert_eq!(b["entry"].as_array().unwrap().len(), 1);
+    let e = &b["entry"][0];
+    assert_eq!(e["resource"]["resourceType"], "Medication");
+    assert_eq!(e["resource"]["id"], "med");
+    assert!(e["fullUrl"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/MedicationRequest/{mr1}#med")));
+    // `_id` of a contained resource is its local id; updates replace the contained rows
+    assert_eq!(
+        find(&app, "/Medication?_id=med&_contained=true")
+            .await
+            .len(),
+        2
+    );
+    let mut changed = request("197361");
+    changed["id"] = json!(mr2);
+    app.put(&format!("/MedicationRequest/{mr2}"), &changed)
+        .await
+        .expect(200);
+    assert!(find(
+        &app,
+        &format!("/Medication?code={rx}|310965&_contained=true")
+    )
+    .await
+    .is_empty());
+    assert_eq!(
+        find(
+            &app,
+            &format!("/Medication?code={rx}|197361&_contained=true")
+        )
+        .await,
+        vec![mr2.clone()]
+    );
+    app.delete(&format!("/MedicationRequest/{mr2}"))
+        .await
+        .expect(204);
+    assert!(find(
+        &app,
+        "/Medication?_id=med&_contained=true&_containedType=contained"
+    )
+    .await
+    .iter()
+    .all(|id| id == "med"));
+    assert_eq!(
+        app.get("/Medication?_id=med&_contained=true&_containedType=contained")
+            .await
+            .expect(200)
+            .json["entry"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // bad values are refused
+    app.get("/Medication?_contained=sometimes")
+        .await
+        .expect_outcome(400);
+    app.get("/Medication?_contained=true&_containedType=inside")
+        .await
+        .expect_outcome(400);
+}
+
+/// A custom composite SearchParameter (built-in token + custom string component) goes
+/// live like the built-in composites; bad components are refused with the reason.
+#[tokio::test]
+async fn custom_composite_parameters_go_live() {
+    let app = app();
+    let city_expr = "extension.where(url = 'http://hl7.org/fhir/StructureDefinition/patient-birthPlace').value.ofType(Address).city";
+    let sp = |url: &str, code: &str, kind: &str, expression: &str| {
+        json!({"resourceType": "SearchParameter", "url": url, "name": code, "status": "active",
+            "description": code, "code": code, "base": ["Patient"], "type": kind,
+            "expression": expression})
+    };
+    let city_url = "http://example.org/fhir/SearchParameter/patient-birth-city";
+    app.create(&sp(
+        city_url,
+        "birth-city",
+        "string",
+        &format!("Patient.{city_expr}"),
+    ))
+    .await;
+    let mut composite = sp(
+        "http://example.org/fhir/SearchParameter/patient-gender-birth-city",
+        "gender-birth-city",
+        "composite",
+        "Patient",
+    );
+    composite["component"] = json!([
+        {"definition": "http://hl7.org/fhir/SearchParameter/individual-gender", "expression": "gender"},
+        {"definition": city_url, "expression": city_expr}
+    ]);
+    app.create(&composite).await;
+    let patient = |gender: &str, city: &str| {
+        json!({"resourceType": "Patient", "gender": gender, "extension": [{
+            "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+            "valueAddress": {"city": city}}]})
+    };
+    let woman_boston = app.create(&patient("female", "Boston")).await;
+    let man_boston = app.create(&patient("male", "Boston")).await;
+    app.create(&patient("female", "Denver")).await;
+    assert_eq!(
+        find(&app, "/Patient?gender-birth-city=female$bos").await,
+        vec![woman_boston.clone()]
+    );
+    let mut boston = vec![woman_boston.clone(), man_boston.clone()];
+    boston.sort();
+    assert_eq!(
+        find(&app, "/Patient?gender-birth-city=female$boston,male$boston").await,
+        boston
+    );
+    assert!(find(&app, "/Patient?gender-birth-city=male$denver")
+        .await
+        .is_empty());
+
+    for (components, why) in [
+        (
+            json!([{"definition": city_url, "expression": city_expr}]),
+            "exactly two",
+        ),
+        (
+            json!([{"definition": city_url, "expression": city_expr},
+                   {"definition": "http://hl7.org/fhir/SearchParameter/individual-gender", "expression": "gender"}]),
+            "must be a token",
+        ),
+        (
+            json!([{"definition": "http://hl7.org/fhir/SearchParameter/individual-gender", "expression": "gender"},
+                   {"definition": "http://example.org/nope", "expression": "x"}]),
+            "not a known search parameter",
+        ),
+        (
+            json!([{"definition": "http://hl7.org/fhir/SearchParameter/individual-gender", "expression": "gender.("},
+                   {"definition": city_url, "expression": city_expr}]),
+            "FHIRPath",
+        ),
+    ] {
+        let mut bad = sp(
+            "http://example.org/fhir/SearchParameter/bad-composite",
+            "bad-composite",
+            "composite",
+            "Patient",
+        );
+        bad["component"] = components;
+        let resp = app.post("/SearchParameter", &bad).await.expect(400);
+        assert!(resp.text.contains(why), "{why}: {}", resp.text);
     }
 }

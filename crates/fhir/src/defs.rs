@@ -663,14 +663,38 @@ pub fn check_custom(def: &SearchParamDef) -> Result<(), String> {
             ));
         }
     }
-    if matches!(
-        def.kind,
-        SearchParamType::Special | SearchParamType::Composite
-    ) {
-        return Err(format!(
-            "custom {} search parameters are not supported",
-            def.kind.as_str()
-        ));
+    if def.kind == SearchParamType::Special {
+        return Err("custom special search parameters are not supported".into());
+    }
+    if def.kind == SearchParamType::Composite {
+        // Searched as `token$value`: the first component a token, the second any
+        // indexed type (R4 search.html#composite), each a known parameter.
+        let [(first, _), (second, _)] = def.components.as_slice() else {
+            return Err("a composite search parameter needs exactly two components".into());
+        };
+        let find = |url: &str| {
+            search_param_by_url(url).ok_or_else(|| {
+                format!("component definition '{url}' is not a known search parameter")
+            })
+        };
+        let (first, second) = (find(first)?, find(second)?);
+        if first.kind != SearchParamType::Token {
+            return Err(format!(
+                "the first component of a composite must be a token parameter, not {} ('{}')",
+                first.kind.as_str(),
+                first.url
+            ));
+        }
+        if matches!(
+            second.kind,
+            SearchParamType::Composite | SearchParamType::Special
+        ) {
+            return Err(format!(
+                "the second component of a composite cannot be a {} parameter ('{}')",
+                second.kind.as_str(),
+                second.url
+            ));
+        }
     }
     if def.expression.as_deref().unwrap_or("").trim().is_empty() {
         return Err("expression is required".into());
@@ -726,9 +750,18 @@ pub fn custom_generation() -> u64 {
     CUSTOM.read().expect("custom search parameters").generation
 }
 
-/// The search parameter with a canonical URL (composite components name theirs so).
+/// The search parameter with a canonical URL (composite components name theirs so),
+/// built in or custom.
 pub fn search_param_by_url(url: &str) -> Option<&'static SearchParamDef> {
-    SEARCH.all.iter().find(|d| d.url == url)
+    SEARCH.all.iter().find(|d| d.url == url).or_else(|| {
+        CUSTOM
+            .read()
+            .expect("custom search parameters")
+            .params
+            .iter()
+            .copied()
+            .find(|d| d.url == url)
+    })
 }
 
 /// Every R4 search parameter, in definition order.

@@ -137,6 +137,10 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
+/// How often `salus serve` re-reads the stored SearchParameters (written by another
+/// process on the same database).
+const SEARCH_PARAMETER_SYNC: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `salus serve`.
 pub async fn serve(config: Config) -> Result<()> {
     // Build the definition tables now rather than on the first request.
@@ -171,6 +175,23 @@ pub async fn serve(config: Config) -> Result<()> {
              this port can read and change every record"
         );
     }
+    // Other processes sharing the database may add, change or retire SearchParameters.
+    let sync = svc.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SEARCH_PARAMETER_SYNC);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match sync.sync_search_parameters().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    changed = n,
+                    "custom search parameters updated from the store"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot read the stored SearchParameters"),
+            }
+        }
+    });
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -40,6 +40,33 @@ pub fn definition(resource: &Value) -> Result<Option<SearchParamDef>, String> {
         .to_string();
     salus_fhirpath::parse(&expression)
         .map_err(|e| format!("expression '{expression}' is not valid FHIRPath: {e}"))?;
+    // SearchParameter.component: the definition (canonical) and expression of each part
+    let mut components = vec![];
+    for (i, c) in resource
+        .get("component")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let part = |k: &str| c.get(k).and_then(Value::as_str);
+        let (Some(definition), Some(expr)) = (part("definition"), part("expression")) else {
+            return Err(format!(
+                "component {} needs a definition and an expression",
+                i + 1
+            ));
+        };
+        salus_fhirpath::parse(expr).map_err(|e| {
+            format!(
+                "component {} expression '{expr}' is not valid FHIRPath: {e}",
+                i + 1
+            )
+        })?;
+        components.push((definition.to_string(), expr.to_string()));
+    }
+    if kind != SearchParamType::Composite && !components.is_empty() {
+        return Err("only composite search parameters have components".into());
+    }
     let def = SearchParamDef {
         code,
         url,
@@ -47,7 +74,7 @@ pub fn definition(resource: &Value) -> Result<Option<SearchParamDef>, String> {
         expression: Some(expression),
         base: list("base"),
         targets: list("target"),
-        components: vec![],
+        components,
     };
     defs::check_custom(&def)?;
     Ok(Some(def))

@@ -11,9 +11,9 @@ use base64::Engine;
 use salus_fhir::defs::{self, SearchParamDef, SearchParamType};
 use salus_fhir::instant;
 use salus_store::{
-    Clause, Cursor, IndexKind, Page, Prefix, QuantityMatch, RangeMatch, RefMatch, SearchQuery,
-    SortField, SortKey, SortValue, StringMatch, StringMode, TextField, TextQuery, TokenMatch,
-    UriMatch, UriMode,
+    Clause, ContainedMode, ContainedType, Cursor, IndexKind, Page, Prefix, QuantityMatch,
+    RangeMatch, RefMatch, SearchQuery, SortField, SortKey, SortValue, StringMatch, StringMode,
+    TextField, TextQuery, TokenMatch, UriMatch, UriMode,
 };
 use serde_json::{json, Value};
 
@@ -1010,9 +1010,16 @@ fn parse_sort(value: &str, types: &[String]) -> Result<Vec<SortKey>, SearchError
                         def.kind.as_str()
                     ))
                 })?;
-                SortField::Param {
-                    param: code.to_string(),
-                    kind,
+                if def.kind == SearchParamType::Quantity {
+                    SortField::Quantity {
+                        param: code.to_string(),
+                        canonical: canonical_param(code),
+                    }
+                } else {
+                    SortField::Param {
+                        param: code.to_string(),
+                        kind,
+                    }
                 }
             }
         };
@@ -1112,18 +1119,25 @@ pub fn parse(
                 "_revinclude" => plan
                     .revincludes
                     .push(parse_include(key, value, true, &types)?),
+                // R4 search.html#contained
                 "_contained" => {
-                    if value != "false" {
-                        return Err(SearchError::Unsupported(
-                            "_contained=true|both is not supported yet".into(),
-                        ));
+                    query.contained = match value.as_str() {
+                        "false" => ContainedMode::Exclude,
+                        "true" => ContainedMode::Only,
+                        "both" => ContainedMode::Both,
+                        _ => return Err(invalid(key, "_contained must be true, false or both")),
                     }
                 }
                 "_containedType" => {
-                    if value != "container" {
-                        return Err(SearchError::Unsupported(
-                            "_containedType=contained is not supported yet".into(),
-                        ));
+                    query.contained_type = match value.as_str() {
+                        "container" => ContainedType::Container,
+                        "contained" => ContainedType::Contained,
+                        _ => {
+                            return Err(invalid(
+                                key,
+                                "_containedType must be container or contained",
+                            ))
+                        }
                     }
                 }
                 _ => query.clauses.push(param_clause(&types, key, value)?),

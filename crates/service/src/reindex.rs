@@ -82,6 +82,7 @@ impl FhirService {
                     rec.version,
                     indexed.rows,
                     Some(indexed.text),
+                    indexed.contained,
                 )
                 .await?;
             }
@@ -101,10 +102,21 @@ impl FhirService {
 
     /// Make every stored `SearchParameter` live (at start-up); returns how many are.
     pub async fn load_search_parameters(&self) -> Result<usize> {
+        self.sync_search_parameters().await?;
+        Ok(salus_fhir::defs::custom_search_params().len())
+    }
+
+    /// Bring this process's custom search parameters in line with the stored
+    /// `SearchParameter` resources: register new or changed active ones, retire those no
+    /// longer stored or active. Another process sharing the database may have written
+    /// them; `salus serve` calls this periodically. Returns how many changed.
+    pub async fn sync_search_parameters(&self) -> Result<usize> {
         let mut q = salus_store::SearchQuery::new("SearchParameter");
         q.count = 10_000;
         let page = self.store().search(&q).await?;
-        let mut live = 0;
+        let live = salus_fhir::defs::custom_search_params();
+        let mut wanted = std::collections::HashSet::new();
+        let mut changed = 0;
         for rec in page.entries {
             let Some(v) = rec
                 .body
@@ -114,17 +126,28 @@ impl FhirService {
                 continue;
             };
             match salus_search::custom::definition(&v) {
-                Ok(Some(def)) => match salus_fhir::defs::register_custom(def) {
-                    Ok(()) => live += 1,
-                    Err(e) => {
-                        tracing::warn!(id = %rec.id, error = %e, "SearchParameter not made live")
+                Ok(Some(def)) => {
+                    wanted.insert(def.url.clone());
+                    if live.iter().any(|(l, _)| same_definition(l, &def)) {
+                        continue;
                     }
-                },
+                    match salus_fhir::defs::register_custom(def) {
+                        Ok(()) => changed += 1,
+                        Err(e) => {
+                            tracing::warn!(id = %rec.id, error = %e, "SearchParameter not made live")
+                        }
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(id = %rec.id, error = %e, "SearchParameter not made live"),
             }
         }
-        Ok(live)
+        for (l, _) in live {
+            if !wanted.contains(&l.url) && salus_fhir::defs::unregister_custom(&l.url) {
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// `SearchParameter/$status`: every custom parameter with its state — `active`
@@ -193,4 +216,18 @@ impl FhirService {
     pub fn reindex_status(&self) -> ReindexStatus {
         self.reindex_job.lock().expect("reindex status").clone()
     }
+}
+
+/// Whether two definitions search the same way (so re-registering would change nothing).
+fn same_definition(
+    a: &salus_fhir::defs::SearchParamDef,
+    b: &salus_fhir::defs::SearchParamDef,
+) -> bool {
+    a.url == b.url
+        && a.code == b.code
+        && a.kind == b.kind
+        && a.expression == b.expression
+        && a.base == b.base
+        && a.targets == b.targets
+        && a.components == b.components
 }

@@ -113,7 +113,37 @@ pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
             "search": {"mode": mode}
         })
     };
-    let mut entries: Vec<Value> = page.entries.iter().map(|r| entry(r, "match")).collect();
+    // `_containedType=contained` (R4 search.html#contained): the matched contained
+    // resource itself, addressed inside its container.
+    let contained_entry = |r: &VersionRecord, cid: &str| {
+        let container = body_value(r);
+        let mut res = container
+            .get("contained")
+            .and_then(Value::as_array)
+            .and_then(|list| {
+                list.iter()
+                    .find(|c| c.get("id").and_then(Value::as_str) == Some(cid))
+            })
+            .cloned()
+            .unwrap_or(Value::Null);
+        shape::apply(&mut res, plan.summary.as_deref(), plan.elements.as_deref());
+        json!({
+            "fullUrl": format!("{base}/{}/{}#{cid}", r.rtype, r.id),
+            "resource": res,
+            "search": {"mode": "match"}
+        })
+    };
+    let mut entries: Vec<Value> = page
+        .entries
+        .iter()
+        .enumerate()
+        .map(
+            |(i, r)| match page.contained_ids.get(i).and_then(Option::as_deref) {
+                Some(cid) => contained_entry(r, cid),
+                None => entry(r, "match"),
+            },
+        )
+        .collect();
     entries.extend(result.included.iter().map(|r| entry(r, "include")));
     if !plan.ignored.is_empty() {
         let issues: Vec<salus_fhir::Issue> = plan

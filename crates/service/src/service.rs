@@ -263,6 +263,7 @@ pub(crate) async fn put_version(
         body: Some(text.clone()),
         index: index.rows,
         fulltext: Some(index.text),
+        contained: index.contained,
     })
     .await?;
     if let Some(sp) = search_param {
@@ -323,6 +324,7 @@ pub(crate) async fn tx_delete(
         body: None,
         index: vec![],
         fulltext: None,
+        contained: vec![],
     })
     .await?;
     Ok(Some(VersionRecord {
@@ -355,6 +357,9 @@ pub(crate) async fn tx_match(
         max_count: limits.max_count,
         strict: true,
     };
+    let pairs =
+        crate::subsumption::expand(&mut crate::subsumption::Source::Tx(&mut *tx), rtype, &pairs)
+            .await?;
     let mut plan = salus_search::parse(rtype, &pairs, &options)?;
     if plan.query.clauses.is_empty() {
         return Err(FhirError::invalid(format!(

@@ -5,9 +5,10 @@
 //! a database. Panics (assertion failures) name the violated rule.
 
 use crate::{
-    Clause, FullText, HistoryQuery, HistoryScope, IndexKind, IndexRow, Method, NewVersion, Page,
-    Prefix, QuantityMatch, RangeMatch, Result, SearchQuery, SortField, SortKey, Store, StoreError,
-    StoreTx, StringMatch, StringMode, TextField, TextQuery, TokenMatch, UriMatch, UriMode,
+    Clause, ContainedIndex, ContainedMode, ContainedType, FullText, HistoryQuery, HistoryScope,
+    IndexKind, IndexRow, Method, NewVersion, Page, Prefix, QuantityMatch, RangeMatch, Result,
+    SearchPage, SearchQuery, SortField, SortKey, Store, StoreError, StoreTx, StringMatch,
+    StringMode, TextField, TextQuery, TokenMatch, UriMatch, UriMode,
 };
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub fn new_version(
         body: Some(body.into()),
         index: vec![],
         fulltext: None,
+        contained: vec![],
     }
 }
 
@@ -62,7 +64,129 @@ pub async fn run_all(store: Arc<dyn Store>) {
     parameter_name_prefixes(store.clone()).await;
     full_text(store.clone()).await;
     reindexing(store.clone()).await;
+    contained_resources(store.clone()).await;
     savepoints_undo_only_their_unit(store).await;
+}
+
+/// Contained resources are found only by `_contained` searches, through their own rows;
+/// an update replaces them, a deletion removes them.
+pub async fn contained_resources(store: Arc<dyn Store>) {
+    let tok = |code: &str| IndexRow::Token {
+        param: "code".into(),
+        system: None,
+        code: code.into(),
+    };
+    let contained = |id: &str, code: &str| ContainedIndex {
+        rtype: "CtdM".into(),
+        id: id.into(),
+        index: vec![tok(code)],
+    };
+    let mut tx = store.begin().await.unwrap();
+    // a standalone CtdM with code a, and two containers of CtdM resources
+    let mut s = new_version("CtdM", "s", 1, None, "{}");
+    s.index = vec![tok("a")];
+    tx.put(s).await.unwrap();
+    let mut c1 = new_version("CtdR", "c1", 1, None, "{\"v\":1}");
+    c1.index = vec![tok("a")]; // the container's own row: not a contained match
+    c1.contained = vec![contained("m1", "a"), contained("m2", "a")];
+    tx.put(c1).await.unwrap();
+    let mut c2 = new_version("CtdR", "c2", 1, None, "{}");
+    c2.contained = vec![contained("m1", "b")];
+    tx.put(c2).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let search = |mode: ContainedMode, kind: ContainedType, code: &str| {
+        let mut q = query(
+            "CtdM",
+            vec![Clause::Token {
+                param: "code".into(),
+                any: vec![TokenMatch {
+                    system: None,
+                    code: Some(code.into()),
+                }],
+            }],
+        );
+        q.contained = mode;
+        q.contained_type = kind;
+        q
+    };
+    let found = |page: SearchPage| -> Vec<String> {
+        let mut v: Vec<String> = page
+            .entries
+            .iter()
+            .enumerate()
+            .map(
+                |(i, e)| match page.contained_ids.get(i).cloned().flatten() {
+                    Some(cid) => format!("{}/{}#{cid}", e.rtype, e.id),
+                    None => format!("{}/{}", e.rtype, e.id),
+                },
+            )
+            .collect();
+        v.sort();
+        v
+    };
+    use ContainedMode::*;
+    use ContainedType::*;
+    let run = |q: SearchQuery| {
+        let store = store.clone();
+        async move { found(store.search(&q).await.unwrap()) }
+    };
+    assert_eq!(run(search(Exclude, Container, "a")).await, vec!["CtdM/s"]);
+    // the containers, once each
+    assert_eq!(run(search(Only, Container, "a")).await, vec!["CtdR/c1"]);
+    assert_eq!(
+        run(search(Both, Container, "a")).await,
+        vec!["CtdM/s", "CtdR/c1"]
+    );
+    assert_eq!(
+        run(search(Only, Contained, "a")).await,
+        vec!["CtdR/c1#m1", "CtdR/c1#m2"]
+    );
+    assert_eq!(
+        run(search(Both, Contained, "a")).await,
+        vec!["CtdM/s", "CtdR/c1#m1", "CtdR/c1#m2"]
+    );
+    assert_eq!(run(search(Only, Contained, "b")).await, vec!["CtdR/c2#m1"]);
+    // paging through contained matches: one per page, no duplicate, no gap
+    let mut q = search(Only, Contained, "a");
+    q.count = 1;
+    let first = store.search(&q).await.unwrap();
+    assert!(first.more);
+    q.page = Page::After(first.last_cursor.clone().unwrap());
+    let second = store.search(&q).await.unwrap();
+    assert!(!second.more);
+    let mut both = found(first);
+    both.extend(found(second));
+    both.sort();
+    assert_eq!(both, vec!["CtdR/c1#m1", "CtdR/c1#m2"]);
+    // a total counts contained matches
+    let mut q = search(Only, Contained, "a");
+    q.with_total = true;
+    assert_eq!(store.search(&q).await.unwrap().total, Some(2));
+
+    // an update replaces the contained resources; a deletion removes them
+    let mut tx = store.begin().await.unwrap();
+    let mut c1 = new_version("CtdR", "c1", 2, Some(1), "{\"v\":2}");
+    c1.contained = vec![contained("m1", "b")];
+    tx.put(c1).await.unwrap();
+    let mut gone = new_version("CtdR", "c2", 2, Some(1), "{}");
+    gone.body = None;
+    tx.put(gone).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(run(search(Only, Contained, "a")).await.is_empty());
+    assert_eq!(run(search(Only, Contained, "b")).await, vec!["CtdR/c1#m1"]);
+    // the entry is the container's current version
+    let page = store.search(&search(Only, Contained, "b")).await.unwrap();
+    assert_eq!(page.entries[0].version, 2);
+    assert_eq!(page.entries[0].body.as_deref(), Some("{\"v\":2}"));
+    // reindexing replaces them too
+    let mut tx = store.begin().await.unwrap();
+    tx.reindex("CtdR", "c1", 2, vec![], None, vec![contained("m9", "z")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(run(search(Only, Contained, "b")).await.is_empty());
+    assert_eq!(run(search(Only, Contained, "z")).await, vec!["CtdR/c1#m9"]);
 }
 
 /// A clause's parameter name ending in `|*` covers every name with that prefix, and
@@ -248,11 +372,11 @@ pub async fn reindexing(store: Arc<dyn Store>) {
         )
     };
     let mut tx = store.begin().await.unwrap();
-    tx.reindex("RixA", "1", 1, vec![tok("new")], None)
+    tx.reindex("RixA", "1", 1, vec![tok("new")], None, vec![])
         .await
         .unwrap();
     // version 7 is not current: nothing changes
-    tx.reindex("RixA", "2", 7, vec![tok("new")], None)
+    tx.reindex("RixA", "2", 7, vec![tok("new")], None, vec![])
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -134,9 +134,9 @@ pub trait StoreTx: Send {
     /// Keep the writes since the last savepoint and drop it.
     async fn release_savepoint(&mut self) -> Result<()>;
 
-    /// Replace the index rows and full text of a resource's current version, if that
-    /// is still `version` (a newer version was indexed when it was written); no new
-    /// version, no history entry.
+    /// Replace the index rows, full text and contained resources' rows of a resource's
+    /// current version, if that is still `version` (a newer version was indexed when it
+    /// was written); no new version, no history entry.
     async fn reindex(
         &mut self,
         rtype: &str,
@@ -144,6 +144,7 @@ pub trait StoreTx: Send {
         version: u64,
         index: Vec<IndexRow>,
         fulltext: Option<FullText>,
+        contained: Vec<ContainedIndex>,
     ) -> Result<()>;
 
     /// Make every write of this transaction durable and visible.

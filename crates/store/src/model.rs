@@ -78,6 +78,41 @@ pub struct NewVersion {
     /// Full-text of the version, replacing the previous one's (ignored for deletions;
     /// `None`: not indexed for `_text`/`_content`).
     pub fulltext: Option<FullText>,
+    /// Index rows of the resources contained in this one (`_contained` searches),
+    /// replacing the previous version's (ignored for deletions).
+    pub contained: Vec<ContainedIndex>,
+}
+
+/// The index rows of one contained resource (R4 references.html#contained), found by
+/// `_contained=true|both` searches and never by ordinary ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainedIndex {
+    pub rtype: String,
+    /// The contained resource's local id (without `#`).
+    pub id: String,
+    pub index: Vec<IndexRow>,
+}
+
+/// Whether a search looks at contained resources (R4 search.html#contained, `_contained`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContainedMode {
+    /// `false` (the default): only resources that are not contained.
+    #[default]
+    Exclude,
+    /// `true`: only contained resources.
+    Only,
+    /// `both`.
+    Both,
+}
+
+/// What a search that matches contained resources returns (`_containedType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContainedType {
+    /// `container` (the default): the resources that contain the matches, once each.
+    #[default]
+    Container,
+    /// `contained`: the matched contained resources themselves.
+    Contained,
 }
 
 /// A page of [`crate::Store::scan_current`].
@@ -372,6 +407,12 @@ pub enum SortField {
         param: String,
         kind: IndexKind,
     },
+    /// A quantity parameter: by its values in canonical (base) units where they have
+    /// them (rows under `canonical`), else by the values as written (rows under `param`).
+    Quantity {
+        param: String,
+        canonical: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,6 +465,8 @@ pub struct SearchQuery {
     pub offset: usize,
     pub page: Page,
     pub with_total: bool,
+    pub contained: ContainedMode,
+    pub contained_type: ContainedType,
 }
 
 impl SearchQuery {
@@ -436,6 +479,8 @@ impl SearchQuery {
             offset: 0,
             page: Page::First,
             with_total: false,
+            contained: ContainedMode::Exclude,
+            contained_type: ContainedType::Container,
         }
     }
 }
@@ -443,6 +488,10 @@ impl SearchQuery {
 #[derive(Debug, Clone)]
 pub struct SearchPage {
     pub entries: Vec<VersionRecord>,
+    /// For each entry, the local id of the matched contained resource when the search
+    /// returns contained resources themselves (`_containedType=contained`): the entry
+    /// is then its container's current version. Empty, or as long as `entries`.
+    pub contained_ids: Vec<Option<String>>,
     pub total: Option<u64>,
     /// Whether more results exist after this page (in sort order).
     pub more: bool,

@@ -12,8 +12,9 @@
 //! queued write's failure (see [`StoreTx::put`]).
 
 use crate::{
-    FullText, Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method, NewVersion, Result,
-    ScanPage, SearchPage, SearchQuery, Store, StoreError, StoreTx, VersionRecord,
+    ContainedIndex, FullText, Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method,
+    NewVersion, Result, ScanPage, SearchPage, SearchQuery, Store, StoreError, StoreTx,
+    VersionRecord,
 };
 use async_trait::async_trait;
 use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
@@ -102,6 +103,15 @@ CREATE VIRTUAL TABLE fulltext USING fts5(narrative, content, content = '', conte
 CREATE TABLE salus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Resources stored before this version have no full text (nor composite rows).
 INSERT INTO salus_meta (key, value) SELECT 'reindex_pending', '1' WHERE EXISTS (SELECT 1 FROM resources);
+"#,
+    // 3: contained resources (`_contained`): each gets a `crid`, and its index rows are
+    // stored under `rid = -crid`, so ordinary searches (which join `resources`) never see
+    // them. `rid` is the container.
+    r#"
+CREATE TABLE contained (crid INTEGER PRIMARY KEY, rid INTEGER NOT NULL, rtype TEXT NOT NULL, cid TEXT NOT NULL);
+CREATE INDEX contained_rid ON contained (rid);
+INSERT OR REPLACE INTO salus_meta (key, value) SELECT 'reindex_pending', '1'
+    WHERE EXISTS (SELECT 1 FROM resource_versions WHERE body LIKE '%"contained"%');
 "#,
 ];
 
@@ -758,6 +768,7 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
     };
     if w.body.is_some() {
         insert_index(conn, &w.rtype, rid, &w.index, w.fulltext.as_ref())?;
+        insert_contained(conn, rid, &w.contained)?;
     }
     Ok(())
 }
@@ -771,6 +782,7 @@ fn reindex_sync(
     version: u64,
     index: &[IndexRow],
     fulltext: Option<FullText>,
+    contained: &[ContainedIndex],
 ) -> Result<()> {
     let rid: Option<i64> = conn
         .prepare_cached(
@@ -784,21 +796,58 @@ fn reindex_sync(
         return Ok(()); // changed since: the newer version was indexed when written
     };
     delete_index(conn, rid)?;
-    insert_index(conn, rtype, rid, index, fulltext.as_ref())
+    insert_index(conn, rtype, rid, index, fulltext.as_ref())?;
+    insert_contained(conn, rid, contained)
 }
 
-/// Remove every index row and the full text of resource `rid`.
+/// Remove every index row and the full text of resource `rid`, and its contained
+/// resources with their rows.
 fn delete_index(conn: &Connection, rid: i64) -> Result<()> {
+    delete_rows(conn, rid)?;
+    conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
+        .map_err(db_err)?
+        .execute(params![rid])
+        .map_err(db_err)?;
+    let crids: Vec<i64> = conn
+        .prepare_cached("SELECT crid FROM contained WHERE rid = ?1")
+        .map_err(db_err)?
+        .query_map(params![rid], |r| r.get(0))
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db_err)?;
+    if !crids.is_empty() {
+        for crid in crids {
+            delete_rows(conn, -crid)?;
+        }
+        conn.prepare_cached("DELETE FROM contained WHERE rid = ?1")
+            .map_err(db_err)?
+            .execute(params![rid])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn delete_rows(conn: &Connection, rid: i64) -> Result<()> {
     for table in INDEX_TABLES {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
             .map_err(db_err)?
             .execute(params![rid])
             .map_err(db_err)?;
     }
-    conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
-        .map_err(db_err)?
-        .execute(params![rid])
-        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Register the contained resources of container `rid` and insert their index rows
+/// under `-crid`.
+fn insert_contained(conn: &Connection, rid: i64, contained: &[ContainedIndex]) -> Result<()> {
+    for c in contained {
+        conn.prepare_cached("INSERT INTO contained (rid, rtype, cid) VALUES (?1, ?2, ?3)")
+            .map_err(db_err)?
+            .execute(params![rid, c.rtype, c.id])
+            .map_err(db_err)?;
+        let crid = conn.last_insert_rowid();
+        insert_index(conn, &c.rtype, -crid, &c.index, None)?;
+    }
     Ok(())
 }
 
@@ -928,10 +977,13 @@ impl StoreTx for SqliteTx {
         version: u64,
         index: Vec<IndexRow>,
         fulltext: Option<FullText>,
+        contained: Vec<ContainedIndex>,
     ) -> Result<()> {
         let (rtype, id) = (rtype.to_string(), id.to_string());
-        self.queue_write(move |c| reindex_sync(c, &rtype, &id, version, &index, fulltext))
-            .await
+        self.queue_write(move |c| {
+            reindex_sync(c, &rtype, &id, version, &index, fulltext, &contained)
+        })
+        .await
     }
 
     async fn savepoint(&mut self) -> Result<()> {

@@ -4,8 +4,8 @@
 //! (sort keys…, type, id), so pages stay correct while data changes.
 
 use crate::{
-    Clause, Cursor, IndexKind, Page, Prefix, RangeMatch, SearchPage, SearchQuery, SortField,
-    SortValue, StringMode, TextField, TextQuery, UriMode, VersionRecord,
+    Clause, ContainedMode, ContainedType, Cursor, IndexKind, Page, Prefix, RangeMatch, SearchPage,
+    SearchQuery, SortField, SortValue, StringMode, TextField, TextQuery, UriMode, VersionRecord,
 };
 use rusqlite::types::Value as Sql;
 
@@ -500,6 +500,15 @@ fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
         }
         SortField::Id => "r.id".into(),
         SortField::LastUpdated => "r.last_updated".into(),
+        SortField::Quantity { param, canonical } => {
+            let agg = if descending { "max" } else { "min" };
+            let (x, y) = (q.alias("o"), q.alias("o"));
+            let (p, c) = (param.replace('\'', "''"), canonical.replace('\'', "''"));
+            format!(
+                "coalesce((SELECT {agg}({x}.value) FROM idx_number {x} WHERE {x}.rid = r.rid AND {x}.param = '{c}'), \
+                 (SELECT {agg}({y}.value) FROM idx_number {y} WHERE {y}.rid = r.rid AND {y}.param = '{p}'))"
+            )
+        }
         SortField::Param { param, kind } => {
             let agg = if descending { "max" } else { "min" };
             let col = match (kind, descending) {
@@ -585,12 +594,12 @@ fn components(q: &SearchQuery, c: &Cursor) -> Vec<Component> {
         }
     }
     out.push(Component {
-        col: "rtype".into(),
+        col: "ktype".into(),
         descending: false,
         value: Sql::Text(c.rtype.clone()),
     });
     out.push(Component {
-        col: "id".into(),
+        col: "kid".into(),
         descending: false,
         value: Sql::Text(c.id.clone()),
     });
@@ -621,7 +630,9 @@ fn keyset(qs: &mut Q, comps: &[Component], after: bool) {
 
 const COLS: &str = "v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq";
 
-/// Build the filtered inner query: every matching current resource with its sort keys.
+/// Build the filtered inner query: every matching current resource with its sort keys
+/// (columns `n{i}`/`k{i}`), then `cid`: the local id of a matched contained resource
+/// when contained resources are returned themselves.
 fn inner(q: &SearchQuery) -> Q {
     let mut s = Q::default();
     let mut keys = String::new();
@@ -632,9 +643,55 @@ fn inner(q: &SearchQuery) -> Q {
     for (i, e) in exprs.iter().enumerate() {
         keys.push_str(&format!(", ({e}) IS NULL AS n{i}, {e} AS k{i}"));
     }
-    s.push(&format!(
-        "SELECT {COLS}, r.rtype AS rtype, r.id AS id{keys} FROM resources r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = 0"
-    ));
+    // R4 search.html#contained: contained resources are matched through their own
+    // index rows (stored under negative rids, see the `contained` table); `matches`
+    // below is a derived table of them (and, for `both`, of ordinary resources too)
+    // with the columns the clauses use.
+    let both = q.contained == ContainedMode::Both;
+    let matches = |s: &mut Q| {
+        s.push(
+            "(SELECT -c.crid AS rid, c.rtype AS rtype, c.cid AS id, p.seq AS seq, p.deleted AS deleted, \
+             p.last_updated AS last_updated, p.rtype || '/' || p.id AS container_key, p.rid AS container \
+             FROM contained c JOIN resources p ON p.rid = c.rid",
+        );
+        if both {
+            s.push(
+                " UNION ALL SELECT rid, rtype, id, seq, deleted, last_updated, NULL, rid FROM resources",
+            );
+        }
+        s.push(")");
+    };
+    let alias = match (q.contained, q.contained_type) {
+        (ContainedMode::Exclude, _) => {
+            s.push(&format!(
+                "SELECT {COLS}, r.rtype AS ktype, r.id AS kid{keys}, NULL AS cid FROM resources r \
+                 JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = 0"
+            ));
+            "r"
+        }
+        (_, ContainedType::Contained) => {
+            s.push(&format!(
+                "SELECT {COLS}, r.rtype AS ktype, \
+                 CASE WHEN r.container_key IS NULL THEN r.id ELSE r.container_key || '#' || r.id END AS kid{keys}, \
+                 CASE WHEN r.container_key IS NULL THEN NULL ELSE r.id END AS cid FROM "
+            ));
+            matches(&mut s);
+            s.push(" r JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = 0");
+            "r"
+        }
+        (_, ContainedType::Container) => {
+            // the containers of the matches, once each (and, for `both`, the matches
+            // that are not contained)
+            s.push(&format!(
+                "SELECT {COLS}, r.rtype AS ktype, r.id AS kid{keys}, NULL AS cid FROM resources r \
+                 JOIN resource_versions v ON v.seq = r.seq WHERE r.deleted = 0 \
+                 AND r.rid IN (SELECT m.container FROM "
+            ));
+            matches(&mut s);
+            s.push(" m WHERE m.deleted = 0");
+            "m"
+        }
+    };
     let types: Vec<String> = if q.rtype.is_empty() {
         vec![]
     } else {
@@ -642,18 +699,22 @@ fn inner(q: &SearchQuery) -> Q {
         // scanning every resource of the type instead); without, scan the type.
         // (`_id` needs the (rtype, id) index itself.)
         let lead = driver(&q.clauses).map(|i| &q.clauses[i]);
-        s.push(if matches!(lead, None | Some(Clause::Id(_))) {
-            " AND r.rtype = "
+        let plus = if matches!(lead, None | Some(Clause::Id(_))) {
+            ""
         } else {
-            " AND +r.rtype = "
-        });
+            "+"
+        };
+        s.push(&format!(" AND {plus}{alias}.rtype = "));
         s.text_arg(&q.rtype);
         vec![q.rtype.clone()]
     };
     let lead = driver(&q.clauses);
     for (i, c) in q.clauses.iter().enumerate() {
         s.push(" AND (");
-        clause(&mut s, c, "r", &types, Some(i) == lead);
+        clause(&mut s, c, alias, &types, Some(i) == lead);
+        s.push(")");
+    }
+    if alias == "m" {
         s.push(")");
     }
     s
@@ -708,8 +769,8 @@ fn order_by(q: &SearchQuery, reverse: bool) -> String {
         parts.push(format!("n{i} {}", dir(false)));
         parts.push(format!("k{i} {}", dir(key.descending)));
     }
-    parts.push(format!("rtype {}", dir(false)));
-    parts.push(format!("id {}", dir(false)));
+    parts.push(format!("ktype {}", dir(false)));
+    parts.push(format!("kid {}", dir(false)));
     format!(" ORDER BY {}", parts.join(", "))
 }
 
@@ -735,6 +796,7 @@ pub(crate) fn run(conn: &rusqlite::Connection, q: &SearchQuery) -> crate::Result
             before: false,
             first_cursor: None,
             last_cursor: None,
+            contained_ids: vec![],
         });
     }
     let mut s = Q {
@@ -766,7 +828,7 @@ pub(crate) fn run(conn: &rusqlite::Connection, q: &SearchQuery) -> crate::Result
         eprintln!("SQL {} {:?}", s.text, s.args);
     }
     let mut st = conn.prepare_cached(&s.text).map_err(db_err)?;
-    let mut rows: Vec<(VersionRecord, Cursor)> = st
+    let mut rows: Vec<(VersionRecord, Cursor, Option<String>)> = st
         .query_map(rusqlite::params_from_iter(s.args.iter()), |row| {
             let rec = crate::sqlite::row_to_record(row)?;
             let mut values = Vec::with_capacity(nkeys);
@@ -780,12 +842,13 @@ pub(crate) fn run(conn: &rusqlite::Connection, q: &SearchQuery) -> crate::Result
                     Sql::Blob(_) => SortValue::Null,
                 });
             }
+            let cid: Option<String> = row.get(9 + 2 * nkeys)?;
             let cursor = Cursor {
                 values,
-                rtype: rec.rtype.clone(),
-                id: rec.id.clone(),
+                rtype: row.get(7)?,
+                id: row.get(8)?,
             };
-            Ok((rec, cursor))
+            Ok((rec, cursor, cid))
         })
         .map_err(db_err)?
         .collect::<rusqlite::Result<_>>()
@@ -803,8 +866,14 @@ pub(crate) fn run(conn: &rusqlite::Connection, q: &SearchQuery) -> crate::Result
     };
     let first_cursor = rows.first().map(|r| r.1.clone());
     let last_cursor = rows.last().map(|r| r.1.clone());
+    let contained_ids = if q.contained_type == ContainedType::Contained {
+        rows.iter().map(|r| r.2.clone()).collect()
+    } else {
+        vec![]
+    };
     Ok(SearchPage {
         entries: rows.into_iter().map(|r| r.0).collect(),
+        contained_ids,
         total,
         more,
         before,
