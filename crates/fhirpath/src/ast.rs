@@ -209,4 +209,6 @@ funcs! {
     ConformsTo = "conformsTo" (1, 1),
     MemberOf = "memberOf" (1, 1),
     Comparable = "comparable" (1, 1),
+    LowBoundary = "lowBoundary" (0, 1),
+    HighBoundary = "highBoundary" (0, 1),
 }

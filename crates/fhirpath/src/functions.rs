@@ -1,7 +1,8 @@
 //! The function library: FHIRPath N1 (existence, filtering and projection, subsetting,
 //! combining, conversion, string, math, tree navigation, utility, type functions) and the
 //! FHIR additions (`resolve`, `extension`, `hasValue`, `getValue`, `htmlChecks`,
-//! `conformsTo`, `memberOf`, `comparable`), plus dispatch to caller-supplied functions.
+//! `conformsTo`, `memberOf`, `comparable`), `lowBoundary`/`highBoundary` from FHIRPath 3.0
+//! (see `boundary.rs`), plus dispatch to caller-supplied functions.
 //!
 //! Conventions, from the specification: functions that need a single input item return
 //! empty for an empty input and an error for several; arguments are evaluated against the
@@ -9,6 +10,7 @@
 //! `repeat`, `aggregate` and `trace`, evaluated per input item with `$this`/`$index`.
 
 use crate::ast::{BinOp, Call, Func, Node, TypeSpec};
+use crate::boundary;
 use crate::datetime::{DateTime, Precision, Time};
 use crate::error::EvalError;
 use crate::eval::{matches_type, push_json, single, Evaluator, Scope, R};
@@ -500,6 +502,8 @@ impl<'a> Evaluator<'_, 'a> {
             | Func::ConformsTo
             | Func::MemberOf
             | Func::Comparable
+            | Func::LowBoundary
+            | Func::HighBoundary
             | Func::Custom => self.call_other(c, input, scope),
         }
     }
@@ -1055,6 +1059,35 @@ impl<'a> Evaluator<'_, 'a> {
                     (Some(a), Some(b)) => boolean(a.comparable(&b)),
                     _ => Err(EvalError::type_err("comparable() applies to quantities")),
                 }
+            }
+            Func::LowBoundary | Func::HighBoundary => {
+                let item = one!();
+                let high = c.func == Func::HighBoundary;
+                let precision = match c.args.first() {
+                    Some(_) => match self.integer_arg(c, 0, scope)? {
+                        Some(p) => Some(p),
+                        None => return Ok(Vec::new()),
+                    },
+                    None => None,
+                };
+                opt(match item.prim() {
+                    Some(Prim::Integer(i)) => {
+                        boundary::decimal(Decimal::from(i), precision, high).map(Item::decimal)
+                    }
+                    Some(Prim::Decimal(d)) => {
+                        boundary::decimal(d, precision, high).map(Item::decimal)
+                    }
+                    Some(Prim::Quantity(q)) => boundary::decimal(q.value, precision, high)
+                        .map(|v| Item::quantity(Quantity::new(v, q.unit.clone()))),
+                    Some(Prim::Date(d)) => {
+                        boundary::date_time(&d, true, precision, high).map(Item::date)
+                    }
+                    Some(Prim::DateTime(d)) => {
+                        boundary::date_time(&d, false, precision, high).map(Item::date_time)
+                    }
+                    Some(Prim::Time(t)) => boundary::time(&t, precision, high).map(Item::time),
+                    _ => None,
+                })
             }
             Func::Custom => {
                 let Some(f) = self.env.functions.get(name) else {

@@ -84,6 +84,7 @@
 //! release build).
 
 mod ast;
+mod boundary;
 mod check;
 pub mod datetime;
 mod env;

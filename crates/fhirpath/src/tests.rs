@@ -729,3 +729,24 @@ fn deepest_accepted_nesting_fits_a_small_stack() {
         }
     }
 }
+
+#[test]
+fn low_and_high_boundaries() {
+    assert_eq!(one("1.587.lowBoundary()"), "1.58650000");
+    assert_eq!(one("1.587.highBoundary(2)"), "1.59");
+    assert_eq!(one("1.lowBoundary(1)"), "0.5");
+    assert_eq!(one("@1970-06.lowBoundary()"), "1970-06-01");
+    assert_eq!(one("@1970-06.highBoundary()"), "1970-06-30");
+    assert_eq!(
+        one("@2010-10-10T.lowBoundary()"),
+        "2010-10-10T00:00:00.000+14:00"
+    );
+    assert_eq!(one("@T12:34.highBoundary()"), "12:34:59.999");
+    assert_eq!(one("(1.5 'mg').lowBoundary(2)"), "1.45 'mg'");
+    assert!(is_empty("'abc'.lowBoundary()"));
+    assert!(is_empty("{}.highBoundary()"));
+    assert!(is_empty("1.5.lowBoundary(50)"));
+    // A FHIR `date` node keeps its partial precision.
+    let patient = serde_json::json!({"resourceType": "Patient", "birthDate": "1970-06"});
+    assert_eq!(ev_on("birthDate.highBoundary()", &patient), ["1970-06-30"]);
+}
