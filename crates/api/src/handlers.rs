@@ -11,7 +11,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use salus_service::response::{encode_pairs, etag, history_bundle, searchset};
+use salus_service::response::{encode_pairs, etag, history_bundle, searchset_text};
 use salus_service::{parse_etag, parse_pairs, shape, time, FhirError, Return, WriteOutcome};
 use salus_store::{HistoryScope, VersionRecord};
 use serde_json::Value;
@@ -552,9 +552,9 @@ async fn run_search(state: &AppState, rtype: &str, p: Pairs, headers: &HeaderMap
         .service
         .search(rtype, &p, strict_handling(headers))
         .await?;
-    Ok(json_response(
+    Ok(text_response(
         StatusCode::OK,
-        &searchset(&base, rtype, &result),
+        searchset_text(&base, rtype, &result),
         fmt,
     ))
 }
@@ -574,9 +574,9 @@ pub async fn search_compartment(
         .search_compartment(&ctype, &id, &rtype, &p, strict_handling(&headers))
         .await?;
     let path = format!("{ctype}/{id}/{rtype}");
-    Ok(json_response(
+    Ok(text_response(
         StatusCode::OK,
-        &searchset(&base, &path, &result),
+        searchset_text(&base, &path, &result),
         fmt,
     ))
 }

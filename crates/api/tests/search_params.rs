@@ -1150,3 +1150,37 @@ async fn custom_composite_parameters_go_live() {
         assert!(resp.text.contains(why), "{why}: {}", resp.text);
     }
 }
+
+/// The searchset served as text (stored resources copied in without re-encoding) is
+/// exactly the Bundle built as a JSON value: matches, includes, outcome entries, links.
+#[tokio::test]
+async fn searchset_text_equals_the_built_bundle() {
+    let app = app();
+    let w = world(&app).await;
+    let service = &app.state.service;
+    for query in [
+        format!(
+            "_id={}&_revinclude=Observation:subject&_include=Patient:organization",
+            w.p1
+        ),
+        "_count=1&_total=accurate&nonsense=1".to_string(),
+        "name=nobody".to_string(),
+    ] {
+        let pairs = salus_service::parse_pairs(&query);
+        let result = service.search("Patient", &pairs, false).await.unwrap();
+        let base = "http://example.org/fhir";
+        let text = salus_service::response::searchset_text(base, "Patient", &result);
+        let value = salus_service::response::searchset(base, "Patient", &result);
+        assert_eq!(text, value.to_string(), "{query}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+    }
+    // the HTTP answer is that text
+    let r = app
+        .get(&format!(
+            "/Patient?_id={}&_revinclude=Observation:subject",
+            w.o1
+        ))
+        .await
+        .expect(200);
+    assert_eq!(r.json["type"], "searchset");
+}

@@ -59,12 +59,28 @@ pub fn encode_pairs(pairs: &[(String, String)]) -> String {
     s.finish()
 }
 
-/// A `searchset` Bundle for a search page (R4 search.html#return, bundle.html#searchset):
-/// matches, included resources (`search.mode=include`), an OperationOutcome entry for
-/// ignored parameters, and `self`/`first`/`previous`/`next`/`last` links built from
-/// keyset cursors. `path` is what the search was made on (`Patient`,
-/// `Patient/1/Observation`, or empty for the base).
-pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
+/// One entry of a searchset Bundle, before rendering.
+enum SearchEntry<'a> {
+    /// A stored resource (`search.mode` match or include), served as stored unless
+    /// `_summary`/`_elements` shape it.
+    Stored {
+        full_url: String,
+        record: &'a VersionRecord,
+        mode: &'static str,
+    },
+    /// An entry built here (a contained match, the outcome of ignored parameters).
+    Built(Value),
+}
+
+/// The Bundle without its entries, and the entries (R4 search.html#return,
+/// bundle.html#searchset): matches, included resources (`search.mode=include`), an
+/// OperationOutcome entry for ignored parameters, and `self`/`first`/`previous`/`next`/
+/// `last` links built from keyset cursors.
+fn searchset_parts<'a>(
+    base: &str,
+    path: &str,
+    result: &'a SearchResult,
+) -> (Map<String, Value>, Vec<SearchEntry<'a>>) {
     let plan = &result.plan;
     let page = &result.page;
     let q = &plan.query;
@@ -104,14 +120,10 @@ pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
         }
         links.push(json!({"relation": "last", "url": link(Some(&Page::Last))}));
     }
-    let entry = |r: &VersionRecord, mode: &str| {
-        let mut res = body_value(r);
-        shape::apply(&mut res, plan.summary.as_deref(), plan.elements.as_deref());
-        json!({
-            "fullUrl": format!("{base}/{}/{}", r.rtype, r.id),
-            "resource": res,
-            "search": {"mode": mode}
-        })
+    let stored = |r: &'a VersionRecord, mode: &'static str| SearchEntry::Stored {
+        full_url: format!("{base}/{}/{}", r.rtype, r.id),
+        record: r,
+        mode,
     };
     // `_containedType=contained` (R4 search.html#contained): the matched contained
     // resource itself, addressed inside its container.
@@ -127,24 +139,24 @@ pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
             .cloned()
             .unwrap_or(Value::Null);
         shape::apply(&mut res, plan.summary.as_deref(), plan.elements.as_deref());
-        json!({
+        SearchEntry::Built(json!({
             "fullUrl": format!("{base}/{}/{}#{cid}", r.rtype, r.id),
             "resource": res,
             "search": {"mode": "match"}
-        })
+        }))
     };
-    let mut entries: Vec<Value> = page
+    let mut entries: Vec<SearchEntry<'a>> = page
         .entries
         .iter()
         .enumerate()
         .map(
             |(i, r)| match page.contained_ids.get(i).and_then(Option::as_deref) {
                 Some(cid) => contained_entry(r, cid),
-                None => entry(r, "match"),
+                None => stored(r, "match"),
             },
         )
         .collect();
-    entries.extend(result.included.iter().map(|r| entry(r, "include")));
+    entries.extend(result.included.iter().map(|r| stored(r, "include")));
     if !plan.ignored.is_empty() {
         let issues: Vec<salus_fhir::Issue> = plan
             .ignored
@@ -156,10 +168,10 @@ pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
                 )
             })
             .collect();
-        entries.push(json!({
+        entries.push(SearchEntry::Built(json!({
             "resource": salus_fhir::issue::operation_outcome(&issues),
             "search": {"mode": "outcome"}
-        }));
+        })));
     }
     let mut b = Map::new();
     b.insert("resourceType".into(), "Bundle".into());
@@ -168,10 +180,79 @@ pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
         b.insert("total".into(), json!(t));
     }
     b.insert("link".into(), Value::Array(links));
-    if plan.summary.as_deref() != Some("count") || !entries.is_empty() {
+    (b, entries)
+}
+
+/// Whether the Bundle carries an `entry` array (`_summary=count` leaves an empty one out).
+fn with_entries(result: &SearchResult, entries: &[SearchEntry<'_>]) -> bool {
+    result.plan.summary.as_deref() != Some("count") || !entries.is_empty()
+}
+
+/// A `searchset` Bundle for a search page. `path` is what the search was made on
+/// (`Patient`, `Patient/1/Observation`, or empty for the base).
+pub fn searchset(base: &str, path: &str, result: &SearchResult) -> Value {
+    let plan = &result.plan;
+    let (mut b, entries) = searchset_parts(base, path, result);
+    if with_entries(result, &entries) {
+        let entries = entries
+            .into_iter()
+            .map(|e| match e {
+                SearchEntry::Stored {
+                    full_url,
+                    record,
+                    mode,
+                } => {
+                    let mut res = body_value(record);
+                    shape::apply(&mut res, plan.summary.as_deref(), plan.elements.as_deref());
+                    json!({"fullUrl": full_url, "resource": res, "search": {"mode": mode}})
+                }
+                SearchEntry::Built(v) => v,
+            })
+            .collect();
         b.insert("entry".into(), Value::Array(entries));
     }
     Value::Object(b)
+}
+
+/// [`searchset`] as compact JSON text. Without `_summary`/`_elements`, stored resources
+/// are copied in as stored — no parse and re-serialisation per resource, which is most
+/// of the cost of answering a search that returns many resources. The text equals
+/// `serde_json::to_string(&searchset(..))`.
+pub fn searchset_text(base: &str, path: &str, result: &SearchResult) -> String {
+    let plan = &result.plan;
+    if plan.summary.is_some() || plan.elements.is_some() {
+        return searchset(base, path, result).to_string();
+    }
+    let (b, entries) = searchset_parts(base, path, result);
+    let mut out = Value::Object(b).to_string();
+    if !with_entries(result, &entries) {
+        return out;
+    }
+    out.pop(); // the frame's closing brace
+    out.push_str(",\"entry\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match e {
+            SearchEntry::Stored {
+                full_url,
+                record,
+                mode,
+            } => {
+                out.push_str("{\"fullUrl\":");
+                out.push_str(&Value::String(full_url.clone()).to_string());
+                out.push_str(",\"resource\":");
+                out.push_str(record.body.as_deref().unwrap_or("null"));
+                out.push_str(",\"search\":{\"mode\":\"");
+                out.push_str(mode);
+                out.push_str("\"}}");
+            }
+            SearchEntry::Built(v) => out.push_str(&v.to_string()),
+        }
+    }
+    out.push_str("]}");
+    out
 }
 
 /// A `history` Bundle. `self_url` is the history URL without query.
