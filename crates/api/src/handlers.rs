@@ -346,6 +346,9 @@ pub async fn create_or_op(
     body: Body,
 ) -> ApiResult {
     let p = pairs(&q);
+    if rtype == "$viewdefinition-run" {
+        return crate::views::view_run(&state, &headers, &p, body).await;
+    }
     let fmt = response_format(&headers, &p)?;
     if let Some(op) = rtype.strip_prefix('$') {
         return Err(FhirError::NotSupported(format!("system operation ${op}")).into());
@@ -378,6 +381,9 @@ pub async fn instance_op(
     body: Body,
 ) -> ApiResult {
     let p = pairs(&q);
+    if rtype == "ViewDefinition" && op == "$run" {
+        return crate::views::view_run(&state, &headers, &p, body).await;
+    }
     let fmt = response_format(&headers, &p)?;
     match op.as_str() {
         "$validate" => {

@@ -10,6 +10,7 @@ mod capability;
 pub mod error;
 mod handlers;
 mod negotiate;
+mod views;
 
 use axum::routing::{get, post};
 use axum::Router;

@@ -55,6 +55,40 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// SQL-on-FHIR v2 views
+    View {
+        #[command(subcommand)]
+        command: ViewCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ViewCommand {
+    /// Run a ViewDefinition (JSON file) over the data dir or NDJSON files
+    Run {
+        /// The ViewDefinition
+        view: PathBuf,
+        /// Output format: csv, ndjson or json
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write here instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Run over these NDJSON files instead of the data dir
+        #[arg(long = "input", value_name = "NDJSON")]
+        inputs: Vec<PathBuf>,
+        /// Only resources in this patient's compartment (repeatable)
+        #[arg(long, value_name = "ID")]
+        patient: Vec<String>,
+        /// Only resources changed at or after this instant (e.g. 2026-01-01T00:00:00Z)
+        #[arg(long, value_name = "INSTANT")]
+        since: Option<String>,
+        /// At most this many rows
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
 }
 
 fn main() -> Result<()> {
@@ -93,6 +127,43 @@ fn main() -> Result<()> {
             if !ok {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::View {
+            command:
+                ViewCommand::Run {
+                    view,
+                    format,
+                    out,
+                    inputs,
+                    patient,
+                    since,
+                    limit,
+                    overrides,
+                },
+        } => {
+            let config = Config::load(&overrides)?;
+            let since = match since {
+                Some(s) => Some(
+                    salus_service::time::parse_range(&s)
+                        .ok_or_else(|| anyhow::anyhow!("--since '{s}' is not an instant"))?
+                        .0,
+                ),
+                None => None,
+            };
+            let args = salus::views::RunArgs {
+                view,
+                format,
+                out,
+                inputs,
+                scope: salus_service::ViewScope {
+                    since,
+                    patients: patient,
+                    limit,
+                },
+            };
+            let rows = runtime.block_on(salus::views::run_cli(&config, args))?;
+            eprintln!("{rows} rows");
             Ok(())
         }
     }

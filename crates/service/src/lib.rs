@@ -19,6 +19,7 @@ mod search;
 mod service;
 pub mod shape;
 mod subsumption;
+mod views;
 /// Re-exported: instants and date ranges live in `salus-fhir`.
 pub use salus_fhir::instant as time;
 
@@ -31,5 +32,6 @@ pub use query::parse_pairs;
 pub use reindex::{ReindexState, ReindexStatus};
 pub use search::SearchResult;
 pub use service::{FhirService, Limits, Return, WriteOutcome};
+pub use views::ViewScope;
 
 pub type Result<T, E = FhirError> = std::result::Result<T, E>;
