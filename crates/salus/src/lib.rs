@@ -1,7 +1,8 @@
 //! The `salus` binary's library: configuration, wiring, server start-up and shutdown,
-//! the import tool, `salus view run` and demo data. `main.rs` only parses the command line.
+//! the import tool, `salus view run`, `salus deid` and demo data. `main.rs` only parses the command line.
 
 pub mod config;
+pub mod deid;
 pub mod demo;
 pub mod import;
 pub mod serve;

@@ -55,6 +55,16 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// De-identify NDJSON files, folders of them, or a Bundle (HIPAA Safe Harbor by default)
+    Deid {
+        /// An .ndjson file, a folder of them, or a .json Bundle/resource
+        input: PathBuf,
+        /// Where to write (a folder when the input is one)
+        output: PathBuf,
+        /// A configuration in the FHIR anonymization tool's format
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// SQL-on-FHIR v2 views
     View {
         #[command(subcommand)]
@@ -127,6 +137,21 @@ fn main() -> Result<()> {
             if !ok {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Deid {
+            input,
+            output,
+            config,
+        } => {
+            let s = salus::deid::run_cli(&input, &output, config.as_deref())?;
+            eprintln!(
+                "de-identified {} resources from {} file(s) into {}; {} skipped",
+                s.written,
+                s.files,
+                output.display(),
+                s.skipped
+            );
             Ok(())
         }
         Command::View {

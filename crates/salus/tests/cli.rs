@@ -109,3 +109,86 @@ fn view_run_over_ndjson_and_the_data_dir() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--format"));
 }
+
+#[test]
+fn deid_files_folders_and_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("in")).unwrap();
+    let patient = r#"{"resourceType":"Patient","id":"p1","name":[{"family":"Quackenbush","given":["Zelda"]}],"birthDate":"1961-07-13","telecom":[{"system":"phone","value":"555-867-5309"}]}"#;
+    let note = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"note"},"subject":{"reference":"Patient/p1"},"valueString":"Zelda Quackenbush called from 555-867-5309 on 1961-07-13"}"#;
+    std::fs::write(d.join("in/Patient.ndjson"), format!("{patient}\n")).unwrap();
+    std::fs::write(d.join("in/Observation.ndjson"), format!("{note}\n")).unwrap();
+    // a folder, with the default (Safe Harbor) configuration
+    let out = salus(&["deid", "in", "out"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("de-identified 2 resources"));
+    let mut all = String::new();
+    for f in ["Patient.ndjson", "Observation.ndjson"] {
+        all.push_str(&std::fs::read_to_string(d.join("out").join(f)).unwrap());
+    }
+    for secret in ["Quackenbush", "Zelda", "867-5309", "1961-07-13"] {
+        assert!(!all.contains(secret), "{secret} survived: {all}");
+    }
+    // the observation still points at the (pseudonymised) patient
+    let p: serde_json::Value =
+        serde_json::from_str(all.lines().find(|l| l.contains("\"Patient\"")).unwrap()).unwrap();
+    assert!(all.contains(&format!("Patient/{}", p["id"].as_str().unwrap())));
+    // one NDJSON file with a custom configuration
+    std::fs::write(
+        d.join("redact-names.json"),
+        r#"{"fhirPathRules": [{"path": "nodesByType('HumanName')", "method": "redact"}], "parameters": {"enableFreeTextScrubbing": false}}"#,
+    )
+    .unwrap();
+    let out = salus(
+        &[
+            "deid",
+            "in/Patient.ndjson",
+            "p.ndjson",
+            "--config",
+            "redact-names.json",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = std::fs::read_to_string(d.join("p.ndjson")).unwrap();
+    assert!(
+        !p.contains("Quackenbush") && p.contains("1961-07-13"),
+        "{p}"
+    );
+    // a transaction Bundle
+    std::fs::write(
+        d.join("bundle.json"),
+        format!(r#"{{"resourceType":"Bundle","type":"collection","entry":[{{"fullUrl":"urn:uuid:1","resource":{patient}}}]}}"#),
+    )
+    .unwrap();
+    let out = salus(&["deid", "bundle.json", "bundle-out.json"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = std::fs::read_to_string(d.join("bundle-out.json")).unwrap();
+    assert!(
+        b.contains("\"Bundle\"") && !b.contains("Quackenbush"),
+        "{b}"
+    );
+    // a bad configuration is a readable error
+    std::fs::write(
+        d.join("bad.json"),
+        r#"{"fhirPathRules": [{"path": "Patient.name", "method": "shred"}]}"#,
+    )
+    .unwrap();
+    let out = salus(&["deid", "in", "out2", "--config", "bad.json"], d);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json") && err.contains("shred"), "{err}");
+}
