@@ -1,0 +1,169 @@
+//! The MQTT source against a real broker (Mosquitto on 127.0.0.1:1883 here and in CI;
+//! `SALUS_TEST_MQTT=host:port` to use another): the compliance suite, and redelivery of
+//! messages published while the source was down.
+
+use async_trait::async_trait;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use salus_ingest::compliance::{self, RecordingSink, SourceHarness};
+use salus_ingest::mqtt::{MqttConfig, MqttSource};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn broker() -> Option<(String, u16)> {
+    let addr = std::env::var("SALUS_TEST_MQTT").unwrap_or_else(|_| "127.0.0.1:1883".into());
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if std::net::TcpStream::connect((host, port)).is_ok() {
+        return Some((host.to_string(), port));
+    }
+    if std::env::var_os("SALUS_REQUIRE_SHARED").is_some() {
+        panic!("no MQTT broker at {addr}, and CI requires one (SALUS_REQUIRE_SHARED)");
+    }
+    eprintln!("SKIPPED: no MQTT broker at {addr}; the MQTT source tests did not run");
+    None
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+struct Publisher {
+    client: AsyncClient,
+    topic: String,
+}
+
+impl Publisher {
+    fn new(host: &str, port: u16, topic: String) -> Self {
+        let (client, mut events) =
+            AsyncClient::new(MqttOptions::new(unique("pub"), host, port), 64);
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        Publisher { client, topic }
+    }
+}
+
+#[async_trait]
+impl SourceHarness for Publisher {
+    async fn publish(&self, payload: &[u8]) -> bool {
+        self.client
+            .publish(
+                self.topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_vec(),
+            )
+            .await
+            .is_ok()
+    }
+    fn sender_retries(&self) -> bool {
+        false
+    }
+}
+
+fn config(host: &str, port: u16, topic: &str, client_id: &str) -> MqttConfig {
+    MqttConfig {
+        host: host.into(),
+        port,
+        topics: vec![topic.into()],
+        client_id: client_id.into(),
+        retry: Duration::from_millis(100),
+        ..MqttConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn mqtt_source_passes_the_compliance_suite() {
+    let Some((host, port)) = broker() else { return };
+    let topic = unique("salus-test/devices");
+    let sink = Arc::new(RecordingSink::default());
+    let source = MqttSource::new(config(&host, port, &topic, &unique("salus"))).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let s = sink.clone();
+    let task = tokio::spawn(source.run(s, async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await; // subscribed
+    let publisher = Publisher::new(&host, port, topic.clone());
+    compliance::run(&publisher, sink.clone()).await;
+    assert!(sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(_, src)| src == &format!("mqtt:{topic}")));
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn messages_sent_while_the_source_is_down_arrive_after_a_restart() {
+    let Some((host, port)) = broker() else { return };
+    let topic = unique("salus-test/restart");
+    let client_id = unique("salus-restart");
+    let sink = Arc::new(RecordingSink::default());
+    // first run: establishes the persistent session and subscription
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        MqttSource::new(config(&host, port, &topic, &client_id))
+            .unwrap()
+            .run(sink.clone(), async {
+                let _ = stopped.await;
+            }),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(());
+    task.await.unwrap();
+    // published while down
+    let publisher = Publisher::new(&host, port, topic.clone());
+    for i in 0..5 {
+        assert!(publisher.publish(format!("{{\"n\":{i}}}").as_bytes()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sink.payloads().is_empty());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        MqttSource::new(config(&host, port, &topic, &client_id))
+            .unwrap()
+            .run(sink.clone(), async {
+                let _ = stopped.await;
+            }),
+    );
+    for _ in 0..100 {
+        if sink.payloads().len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+    let mut got: Vec<String> = sink
+        .payloads()
+        .into_iter()
+        .map(|p| String::from_utf8(p).unwrap())
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 5, "{got:?}");
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    let mut c = MqttConfig::default();
+    c.topics.clear();
+    assert!(MqttSource::new(c).is_err());
+    let c = MqttConfig {
+        client_id: String::new(),
+        ..MqttConfig::default()
+    };
+    assert!(MqttSource::new(c)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("client_id"));
+}

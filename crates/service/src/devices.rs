@@ -1,0 +1,335 @@
+//! Device messages into the record (remote patient monitoring): normalize with the
+//! configured mapping templates (`salus-devices`), resolve Device → Patient from the
+//! store, merge into the deterministic Observations and write them in one transaction
+//! through the one write path, evaluate alert rules, and keep what cannot be processed
+//! in a dead-letter store (FHIR `Basic` resources) with the reason.
+//!
+//! Idempotency: every Observation has a deterministic identifier (device, type, period),
+//! written by conditional update after merging with the stored one inside the same
+//! transaction, so a redelivered message changes nothing and creates nothing.
+
+use crate::service::tx_match;
+use crate::{FhirService, Result};
+use salus_devices::fhir::Identifier;
+use salus_devices::identity::DeviceRecord;
+use salus_devices::{alert_resources, AlertContext, DevicePipeline, Measurement, RuleEngine};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Salus's own code system (dead letters and other server-made records).
+pub const SALUS_CODES: &str = "https://salus.health/fhir/CodeSystem/salus";
+/// `Basic.code` of a dead-lettered device message.
+pub const DEAD_LETTER_CODE: &str = "device-dead-letter";
+const EXT: &str = "https://salus.health/fhir/StructureDefinition";
+
+/// A configured device pipeline with its alert rules (their state lives here).
+pub struct DeviceIngest {
+    pipeline: DevicePipeline,
+    rules: Option<Mutex<RuleEngine>>,
+    /// The care team that gets alert Tasks and Communications.
+    care_team: Option<String>,
+}
+
+impl DeviceIngest {
+    pub fn new(
+        pipeline: DevicePipeline,
+        rules: Option<RuleEngine>,
+        care_team: Option<String>,
+    ) -> Self {
+        DeviceIngest {
+            pipeline,
+            rules: rules.map(Mutex::new),
+            care_team,
+        }
+    }
+}
+
+/// What one call of [`FhirService::ingest_device_messages`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IngestReport {
+    pub messages: usize,
+    pub measurements: usize,
+    /// Observations created or changed.
+    pub observations_written: usize,
+    /// Observations that already held every reading (a redelivery).
+    pub observations_unchanged: usize,
+    /// Ids of the `Basic` dead letters written.
+    pub dead_letters: Vec<String>,
+    /// Alert resources (Flag, Task, Communication) written.
+    pub alert_resources: usize,
+}
+
+impl IngestReport {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "messages": self.messages,
+            "measurements": self.measurements,
+            "observationsWritten": self.observations_written,
+            "observationsUnchanged": self.observations_unchanged,
+            "deadLetters": self.dead_letters,
+            "alertResources": self.alert_resources,
+        })
+    }
+}
+
+/// Two Observations are the same reading set if they differ only in `meta`.
+fn same_content(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("meta");
+            o.remove("id");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+fn dead_letter(message: &Value, reasons: &[String], source: &str) -> Value {
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::STANDARD.encode(message.to_string());
+    let mut ext = vec![
+        json!({"url": format!("{EXT}/dead-letter-source"), "valueString": source}),
+        json!({"url": format!("{EXT}/dead-letter-payload"),
+               "valueAttachment": {"contentType": "application/json", "data": payload}}),
+    ];
+    for r in reasons {
+        ext.push(json!({"url": format!("{EXT}/dead-letter-reason"), "valueString": r}));
+    }
+    json!({
+        "resourceType": "Basic",
+        "code": {"coding": [{"system": SALUS_CODES, "code": DEAD_LETTER_CODE,
+                             "display": "Device message that could not be processed"}]},
+        "created": crate::time::format_instant(crate::time::now_micros())[..10].to_string(),
+        "extension": ext,
+    })
+}
+
+impl FhirService {
+    /// Process device messages (`source` names where they came from: `http`, `mqtt:topic`).
+    /// Messages that match no template, or whose device is unknown, are dead-lettered with
+    /// the reason; the others are written. Never fails for bad input: only a storage
+    /// failure is an error (the caller then retries: the writes are idempotent).
+    pub async fn ingest_device_messages(
+        &self,
+        ingest: &DeviceIngest,
+        messages: &[Value],
+        source: &str,
+    ) -> Result<IngestReport> {
+        let mut report = IngestReport {
+            messages: messages.len(),
+            ..Default::default()
+        };
+        let mut measurements: Vec<Measurement> = vec![];
+        let mut dead: Vec<Value> = vec![];
+        for m in messages {
+            let n = ingest.pipeline.normalize(m);
+            if !n.errors.is_empty() || n.measurements.is_empty() {
+                let mut reasons: Vec<String> = n.errors.iter().map(|e| e.to_string()).collect();
+                if n.measurements.is_empty() && reasons.is_empty() {
+                    reasons.push("the message matches no device mapping template".into());
+                }
+                dead.push(dead_letter(m, &reasons, source));
+            }
+            measurements.extend(n.measurements);
+        }
+        report.measurements = measurements.len();
+
+        let mut tx = self.store().begin().await?;
+        // Device → Patient, looked up in the transaction (Lookup mode).
+        let config = &ingest.pipeline.config;
+        let mut devices: HashMap<String, Option<DeviceRecord>> = HashMap::new();
+        for m in &measurements {
+            if devices.contains_key(&m.device_id) {
+                continue;
+            }
+            let id = Identifier {
+                system: config.device_identifier_system.clone(),
+                value: m.device_id.clone(),
+            };
+            let query = id.search_url("Device");
+            let query = query.split_once('?').map_or("", |(_, q)| q).to_string();
+            let found = tx_match(tx.as_mut(), "Device", &query, self.limits()).await?;
+            let record = found.first().and_then(|r| {
+                let body: Value = serde_json::from_str(r.body.as_deref()?).ok()?;
+                Some(DeviceRecord {
+                    device_reference: format!("Device/{}", r.id),
+                    patient_reference: body
+                        .pointer("/patient/reference")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                })
+            });
+            devices.insert(m.device_id.clone(), record);
+        }
+        let directory = |id: &Identifier| devices.get(&id.value).cloned().flatten();
+        let plan = ingest.pipeline.plan(&measurements, &directory);
+        if !plan.errors.is_empty() {
+            let reasons: Vec<String> = plan.errors.iter().map(|e| e.to_string()).collect();
+            dead.push(dead_letter(&json!(messages), &reasons, source));
+        }
+        // merge with what is stored, inside the transaction
+        let mut resources = vec![];
+        let mut changed = vec![];
+        for o in &plan.observations {
+            let url = o.search_url();
+            let query = url.split_once('?').map_or("", |(_, q)| q);
+            let found = tx_match(tx.as_mut(), "Observation", query, self.limits()).await?;
+            let existing: Option<Value> = found
+                .first()
+                .and_then(|r| serde_json::from_str(r.body.as_deref()?).ok());
+            let new = match o.resource(existing.as_ref()) {
+                Ok(v) => v,
+                Err(e) => {
+                    dead.push(dead_letter(&json!(messages), &[e.to_string()], source));
+                    continue;
+                }
+            };
+            if existing.as_ref().is_some_and(|e| same_content(e, &new)) {
+                report.observations_unchanged += 1;
+                continue;
+            }
+            changed.push(o.clone());
+            resources.push(new);
+        }
+        report.observations_written = changed.len();
+        let mut bundle = salus_devices::Plan {
+            identity_entries: plan.identity_entries.clone(),
+            observations: changed,
+            errors: vec![],
+        }
+        .transaction(resources);
+        if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+            for mut d in dead {
+                let id = uuid::Uuid::new_v4().to_string();
+                d["id"] = json!(id);
+                entries.push(json!({"resource": d, "request": {"method": "PUT", "url": format!("Basic/{id}")}}));
+                report.dead_letters.push(id);
+            }
+        }
+        let n_entries = bundle["entry"].as_array().map_or(0, Vec::len);
+        if n_entries > 0 {
+            self.transaction_into(tx.as_mut(), bundle).await?;
+            tx.commit().await?;
+        }
+        // alert rules, after the readings are stored
+        if let Some(engine) = &ingest.rules {
+            let now = time::OffsetDateTime::now_utc();
+            let alerts = {
+                let mut engine = engine.lock().expect("rule engine");
+                let mut alerts = vec![];
+                for m in &measurements {
+                    let mut m = m.clone();
+                    if m.patient_id.is_none() {
+                        m.patient_id = devices
+                            .get(&m.device_id)
+                            .cloned()
+                            .flatten()
+                            .and_then(|d| d.patient_reference)
+                            .map(|p| p.trim_start_matches("Patient/").to_string());
+                    }
+                    alerts.extend(engine.observe(&m, now));
+                }
+                alerts
+            };
+            report.alert_resources += self.write_alerts(ingest, &alerts, &devices).await?;
+        }
+        Ok(report)
+    }
+
+    /// A raw payload from a source: a JSON message or an array of them. Anything else
+    /// is dead-lettered with the reason (and its text), never dropped.
+    pub async fn ingest_device_payload(
+        &self,
+        ingest: &DeviceIngest,
+        payload: &[u8],
+        source: &str,
+    ) -> Result<IngestReport> {
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Array(items)) => self.ingest_device_messages(ingest, &items, source).await,
+            Ok(v @ Value::Object(_)) => self.ingest_device_messages(ingest, &[v], source).await,
+            other => {
+                let reason = match other {
+                    Ok(_) => {
+                        "a device payload must be a JSON object or an array of objects".to_string()
+                    }
+                    Err(e) => format!("the payload is not JSON: {e}"),
+                };
+                let text = String::from_utf8_lossy(payload).into_owned();
+                let mut letter = dead_letter(&Value::String(text), &[reason], source);
+                let id = uuid::Uuid::new_v4().to_string();
+                letter["id"] = json!(id);
+                let mut tx = self.store().begin().await?;
+                let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"resource": letter, "request": {"method": "PUT", "url": format!("Basic/{id}")}}]});
+                self.transaction_into(tx.as_mut(), bundle).await?;
+                tx.commit().await?;
+                Ok(IngestReport {
+                    dead_letters: vec![id],
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    /// Missing-data rules: call periodically.
+    pub async fn tick_device_rules(&self, ingest: &DeviceIngest) -> Result<usize> {
+        let Some(engine) = &ingest.rules else {
+            return Ok(0);
+        };
+        let alerts = engine
+            .lock()
+            .expect("rule engine")
+            .tick(time::OffsetDateTime::now_utc());
+        self.write_alerts(ingest, &alerts, &HashMap::new()).await
+    }
+
+    async fn write_alerts(
+        &self,
+        ingest: &DeviceIngest,
+        alerts: &[salus_devices::Alert],
+        devices: &HashMap<String, Option<DeviceRecord>>,
+    ) -> Result<usize> {
+        let mut entries = vec![];
+        for a in alerts {
+            let Some(patient) = &a.patient_id else {
+                tracing::warn!(rule = %a.rule_id, subject = %a.subject, "alert without a patient: not written");
+                continue;
+            };
+            let device = a
+                .device_id
+                .as_ref()
+                .and_then(|d| devices.get(d).cloned().flatten())
+                .map(|d| d.device_reference);
+            let ctx = AlertContext {
+                patient_reference: format!("Patient/{patient}"),
+                care_team_reference: ingest.care_team.clone(),
+                device_reference: device,
+                identifier_system: None,
+            };
+            for r in alert_resources(a, &ctx) {
+                let rtype = r["resourceType"].as_str().unwrap_or("Basic").to_string();
+                let url = match r.pointer("/identifier/0") {
+                    Some(id) => format!(
+                        "{rtype}?identifier={}|{}",
+                        id["system"].as_str().unwrap_or(""),
+                        id["value"].as_str().unwrap_or("")
+                    ),
+                    None => rtype.clone(),
+                };
+                let method = if url.contains('?') { "PUT" } else { "POST" };
+                entries.push(json!({"resource": r, "request": {"method": method, "url": url}}));
+            }
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let n = entries.len();
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let mut tx = self.store().begin().await?;
+        self.transaction_into(tx.as_mut(), bundle).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+}
