@@ -120,7 +120,7 @@ pub trait StoreTx: Send {
     ///
     /// A backend may queue the write and return at once; its failure is then reported
     /// by the next call on this transaction that waits (`read`, `heads`, `search`,
-    /// `savepoint`, `release_savepoint`, `commit`), and later writes are not applied.
+    /// `savepoint`, `release_savepoint`, `commit`), and nothing after it commits.
     /// `rollback_to_savepoint` undoes the failed write with the rest of its unit.
     async fn put(&mut self, write: NewVersion) -> Result<()>;
 

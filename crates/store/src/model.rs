@@ -42,7 +42,9 @@ pub struct VersionRecord {
     /// Resource JSON as served (with `meta.versionId`/`meta.lastUpdated` set);
     /// `None` for a deletion.
     pub body: Option<String>,
-    /// Store-wide commit order; increases with every stored version.
+    /// Store-wide order of versions: increases with every stored version. On SQLite (one
+    /// writer) it is also commit order; on PostgreSQL it is allocation order, so two
+    /// overlapping transactions may commit in the opposite order of their `seq`s.
     pub seq: i64,
 }
 

@@ -1,0 +1,796 @@
+//! The PostgreSQL backend of the Salus storage traits ([`salus_store::Store`],
+//! [`salus_store::StoreTx`]).
+//!
+//! Owns: the PostgreSQL schema and its migrations (`salus_schema`), the SQL for
+//! writes, reads, history and searches, full text on `tsvector`, and the mapping of
+//! PostgreSQL errors to [`StoreError`]. It passes the same backend contract suite as
+//! the SQLite backend (`salus_store::contract::run_all`).
+//!
+//! Must not touch: FHIR semantics (the service hands over finished resource text and
+//! index rows), the traits and records of `salus-store`, or any process-wide state:
+//! several server processes may share one database, so correctness rests on the
+//! database alone, never on locks held in this process.
+//!
+//! # Writes
+//!
+//! `put` queues the version in the transaction; the next call that reads or ends a
+//! unit of work sends the queued puts pipelined and then their index rows in bulk
+//! (one multi-row insert per table), and reports a conflict or failure — the
+//! queued-write contract of [`StoreTx::put`]. See `write.rs`.
+//!
+//! # Concurrency
+//!
+//! A [`StoreTx`] is one PostgreSQL transaction on one pooled connection, at `READ
+//! COMMITTED`. The optimistic version check of `put` is a single conditional
+//! statement: an update is `UPDATE resources … WHERE rtype = $1 AND id = $2 AND
+//! version = $expected`, a create is `INSERT … ON CONFLICT (rtype, id) DO NOTHING`;
+//! no row affected means a conflict ([`StoreError::VersionConflict`]). Both take the
+//! row lock on the resource's current-version row; a concurrent writer of the same
+//! resource waits for that lock and then re-checks its condition against the newly
+//! committed row (PostgreSQL re-evaluates the `WHERE` of a blocked `UPDATE`, and a
+//! blocked `INSERT … ON CONFLICT` sees the committed key), so no update is lost.
+//!
+//! Why `READ COMMITTED` and not `SERIALIZABLE`: the only invariant the store keeps
+//! across transactions is "one writer per version of a resource", which the row lock
+//! plus the conditional statement enforce exactly; `SERIALIZABLE` would add
+//! serialization failures on every overlapping search-then-write (conditional
+//! creates), which the store could not retry by itself — a transaction's work is the
+//! service's, not the store's to replay. At `READ COMMITTED` no statement here fails
+//! with a serialization failure; a deadlock between two transactions that write the
+//! same resources in opposite orders is reported as [`StoreError::Busy`] (the service
+//! answers 503 "retry"), as are lock and statement timeouts.
+
+mod query;
+mod schema;
+mod text;
+mod write;
+
+use async_trait::async_trait;
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use salus_store::{
+    ContainedIndex, ContainedType, FullText, Head, HistoryPage, HistoryQuery, IndexRow, Method,
+    NewVersion, Result, ScanPage, SearchPage, SearchQuery, SortValue, Store, StoreError, StoreTx,
+    VersionRecord,
+};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{NoTls, Row};
+
+pub use write::shard_key;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Connections kept in the pool (each open transaction holds one).
+    pub pool_size: usize,
+    /// Schema holding Salus's tables, created if missing; it is set as the
+    /// `search_path` of every connection. `None`: the server's default (`public`).
+    /// Letters, digits and `_` only.
+    pub schema: Option<String>,
+    /// How long a caller waits for a free connection before [`StoreError::Busy`].
+    pub wait_timeout: Duration,
+    /// How long a statement waits for a row lock held by another transaction before
+    /// [`StoreError::Busy`] (`lock_timeout`); zero waits without limit.
+    pub lock_timeout: Duration,
+    /// `application_name` shown in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: 16,
+            schema: None,
+            wait_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(30),
+            application_name: "salus".into(),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+/// A PostgreSQL error as a [`StoreError`]: transient conditions are `Busy`, the rest
+/// `Backend` with the SQLSTATE and server message (never the statement text).
+pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code();
+            let transient = [
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::LOCK_NOT_AVAILABLE,
+                SqlState::QUERY_CANCELED,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::ADMIN_SHUTDOWN,
+            ];
+            let msg = format!("postgres {}: {}", code.code(), db.message());
+            if transient.contains(code) {
+                StoreError::Busy(msg)
+            } else {
+                StoreError::Backend(msg)
+            }
+        }
+        None if e.is_closed() => StoreError::Busy("postgres connection closed".into()),
+        None => StoreError::Backend(format!("postgres: {e}")),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Timeout(_) => StoreError::Busy("no free PostgreSQL connection".into()),
+        PoolError::Backend(e) => db_err(e),
+        PoolError::Closed => StoreError::Backend("the PostgreSQL pool is closed".into()),
+        PoolError::NoRuntimeSpecified => {
+            StoreError::Backend("the PostgreSQL pool has no runtime".into())
+        }
+        PoolError::PostCreateHook(e) => StoreError::Backend(format!("postgres: {e}")),
+    }
+}
+
+/// Read column `i`, reporting a type mismatch as an error rather than panicking.
+pub(crate) fn col<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+    row.try_get(i)
+        .map_err(|e| StoreError::Backend(format!("postgres: column {i}: {e}")))
+}
+
+/// A version row in [`query::VERSION_COLS`] order, from column `at`.
+pub(crate) fn record(row: &Row, at: usize) -> Result<VersionRecord> {
+    let method: String = col(row, at + 4)?;
+    Ok(VersionRecord {
+        rtype: col(row, at)?,
+        id: col(row, at + 1)?,
+        version: col::<i64>(row, at + 2)? as u64,
+        last_updated: col(row, at + 3)?,
+        method: Method::parse(&method).unwrap_or(Method::Put),
+        body: col(row, at + 5)?,
+        seq: col(row, at + 6)?,
+    })
+}
+
+/// A schema name safe to use as a quoted identifier and in connection options.
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user@host:port/db`), create the schema if needed
+    /// and apply pending migrations (safe when several processes start at once).
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore> {
+        let mut cfg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+        let mut settings = vec![format!(
+            "-c lock_timeout={}",
+            options.lock_timeout.as_millis()
+        )];
+        if let Some(s) = &options.schema {
+            if !valid_schema(s) {
+                return Err(StoreError::Backend(format!(
+                    "invalid PostgreSQL schema name {s:?}: use letters, digits and _"
+                )));
+            }
+            settings.push(format!("-c search_path={s}"));
+        }
+        let existing = cfg.get_options().unwrap_or_default().to_string();
+        if !existing.is_empty() {
+            settings.insert(0, existing);
+        }
+        cfg.options(settings.join(" "));
+        cfg.application_name(&options.application_name);
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(10));
+        }
+        let manager = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.wait_timeout))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let store = PgStore { pool };
+        {
+            let c = store.conn().await?;
+            if let Err(e) = schema::migrate(&c, options.schema.as_deref()).await {
+                // drop the connection (and with it any advisory lock it holds)
+                drop(Object::take(c));
+                return Err(e);
+            }
+        }
+        Ok(store)
+    }
+
+    async fn conn(&self) -> Result<Object> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Close every connection; later calls fail.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Statements with a text that varies per query (searches) are cached per
+/// connection too, up to this many before the cache is emptied.
+const STATEMENT_CACHE_LIMIT: usize = 512;
+
+pub(crate) async fn prepare(c: &ClientWrapper, sql: &str) -> Result<tokio_postgres::Statement> {
+    if c.statement_cache.size() > STATEMENT_CACHE_LIMIT {
+        c.statement_cache.clear();
+    }
+    c.prepare_cached(sql).await.map_err(db_err)
+}
+
+async fn read_latest(c: &ClientWrapper, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+    let st = prepare(
+        c,
+        "SELECT v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq \
+         FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+         WHERE r.rtype = $1 AND r.id = $2",
+    )
+    .await?;
+    match c.query_opt(&st, &[&rtype, &id]).await.map_err(db_err)? {
+        Some(row) => Ok(Some(record(&row, 0)?)),
+        None => Ok(None),
+    }
+}
+
+async fn heads(c: &ClientWrapper, keys: &[(String, String)]) -> Result<Vec<Option<Head>>> {
+    let (types, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+    let st = prepare(
+        c,
+        "SELECT k.o, r.version, r.last_updated, r.deleted \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, o) \
+         JOIN resources r ON r.rtype = k.t AND r.id = k.i",
+    )
+    .await?;
+    let mut out = vec![None; keys.len()];
+    for row in c.query(&st, &[&types, &ids]).await.map_err(db_err)? {
+        let o: i64 = col(&row, 0)?;
+        if let Some(slot) = usize::try_from(o - 1).ok().and_then(|i| out.get_mut(i)) {
+            *slot = Some(Head {
+                version: col::<i64>(&row, 1)? as u64,
+                last_updated: col(&row, 2)?,
+                deleted: col(&row, 3)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn search(c: &ClientWrapper, q: &SearchQuery) -> Result<SearchPage> {
+    let total = if q.with_total {
+        let cq = query::count(q);
+        let st = prepare(c, &cq.text).await?;
+        let row = c.query_one(&st, &cq.params()).await.map_err(db_err)?;
+        Some(col::<i64>(&row, 0)?.max(0) as u64)
+    } else {
+        None
+    };
+    if q.count == 0 {
+        return Ok(SearchPage {
+            entries: vec![],
+            contained_ids: vec![],
+            total,
+            more: false,
+            before: false,
+            first_cursor: None,
+            last_cursor: None,
+        });
+    }
+    let (pq, reverse) = query::page(q);
+    if std::env::var_os("SALUS_DEBUG_SQL").is_some() {
+        tracing::debug!(sql = %pq.text, "postgres search");
+    }
+    let st = prepare(c, &pq.text).await?;
+    let nkeys = q.sort.len();
+    let mut rows = vec![];
+    for row in c.query(&st, &pq.params()).await.map_err(db_err)? {
+        let rec = record(&row, 0)?;
+        let mut values = Vec::with_capacity(nkeys);
+        for i in 0..nkeys {
+            values.push(sort_value(&row, 9 + 2 * i + 1)?);
+        }
+        let cid: Option<String> = col(&row, 9 + 2 * nkeys)?;
+        let cursor = salus_store::Cursor {
+            values,
+            rtype: col(&row, 7)?,
+            id: col(&row, 8)?,
+        };
+        rows.push((rec, cursor, cid));
+    }
+    let overflow = rows.len() > q.count;
+    rows.truncate(q.count);
+    if reverse {
+        rows.reverse();
+    }
+    let (more, before) = match &q.page {
+        salus_store::Page::First => (overflow, q.offset > 0),
+        salus_store::Page::After(_) => (overflow, true),
+        salus_store::Page::Before(_) => (true, overflow),
+        salus_store::Page::Last => (false, overflow),
+    };
+    let first_cursor = rows.first().map(|r| r.1.clone());
+    let last_cursor = rows.last().map(|r| r.1.clone());
+    let contained_ids = if q.contained_type == ContainedType::Contained {
+        rows.iter().map(|r| r.2.clone()).collect()
+    } else {
+        vec![]
+    };
+    Ok(SearchPage {
+        entries: rows.into_iter().map(|r| r.0).collect(),
+        contained_ids,
+        total,
+        more,
+        before,
+        first_cursor,
+        last_cursor,
+    })
+}
+
+/// A sort key column as a cursor value, by its SQL type.
+fn sort_value(row: &Row, i: usize) -> Result<SortValue> {
+    let ty = row
+        .columns()
+        .get(i)
+        .map(|c| c.type_().clone())
+        .unwrap_or(Type::TEXT);
+    Ok(match ty {
+        Type::INT8 => col::<Option<i64>>(row, i)?.map_or(SortValue::Null, SortValue::Int),
+        Type::INT4 => {
+            col::<Option<i32>>(row, i)?.map_or(SortValue::Null, |v| SortValue::Int(i64::from(v)))
+        }
+        Type::FLOAT8 => col::<Option<f64>>(row, i)?.map_or(SortValue::Null, SortValue::Real),
+        Type::FLOAT4 => {
+            col::<Option<f32>>(row, i)?.map_or(SortValue::Null, |v| SortValue::Real(f64::from(v)))
+        }
+        _ => col::<Option<String>>(row, i)?.map_or(SortValue::Null, SortValue::Text),
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn read(&self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+        let c = self.conn().await?;
+        read_latest(&c, rtype, id).await
+    }
+
+    async fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>> {
+        let c = self.conn().await?;
+        let st = prepare(
+            &c,
+            "SELECT v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq \
+             FROM resource_versions v WHERE v.rtype = $1 AND v.id = $2 AND v.version = $3",
+        )
+        .await?;
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        match c
+            .query_opt(&st, &[&rtype, &id, &version])
+            .await
+            .map_err(db_err)?
+        {
+            Some(row) => Ok(Some(record(&row, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
+        let c = self.conn().await?;
+        let filter = query::history_filter(q);
+        let st = prepare(
+            &c,
+            &format!(
+                "SELECT count(*) FROM resource_versions v WHERE {}",
+                filter.text
+            ),
+        )
+        .await?;
+        let total: i64 = col(
+            &c.query_one(&st, &filter.params()).await.map_err(db_err)?,
+            0,
+        )?;
+        let mut page = filter;
+        if let Some(cursor) = q.cursor {
+            page.push(" AND v.seq < ");
+            page.arg(query::Arg::Int(cursor));
+        }
+        page.push(" ORDER BY v.seq DESC LIMIT ");
+        page.arg(query::Arg::Int(q.count as i64 + 1));
+        let st = prepare(
+            &c,
+            &format!(
+                "SELECT {} FROM resource_versions v WHERE {}",
+                query::VERSION_COLS,
+                page.text
+            ),
+        )
+        .await?;
+        let mut entries = vec![];
+        for row in c.query(&st, &page.params()).await.map_err(db_err)? {
+            entries.push(record(&row, 0)?);
+        }
+        let next = if entries.len() > q.count {
+            entries.truncate(q.count);
+            entries.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries,
+            total: total.max(0) as u64,
+            next,
+        })
+    }
+
+    async fn search(&self, q: &SearchQuery) -> Result<SearchPage> {
+        let c = self.conn().await?;
+        search(&c, q).await
+    }
+
+    async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+        let c = self.conn().await?;
+        c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(db_err)?;
+        Ok(Box::new(PgTx {
+            client: Some(c),
+            failed: false,
+            pending: write::Pending::default(),
+        }))
+    }
+
+    async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>> {
+        let c = self.conn().await?;
+        let (types, ids): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+        let st = prepare(
+            &c,
+            "SELECT v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, o) \
+             JOIN resources r ON r.rtype = k.t AND r.id = k.i \
+             JOIN resource_versions v ON v.seq = r.seq \
+             WHERE NOT r.deleted ORDER BY k.o",
+        )
+        .await?;
+        c.query(&st, &[&types, &ids])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| record(r, 0))
+            .collect()
+    }
+
+    async fn references_from(
+        &self,
+        sources: &[(String, String)],
+        param: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        let c = self.conn().await?;
+        let (types, ids): (Vec<&str>, Vec<&str>) = sources
+            .iter()
+            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .unzip();
+        let st = prepare(
+            &c,
+            "SELECT x.target_type, x.target_id \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, o) \
+             JOIN resources r ON r.rtype = k.t AND r.id = k.i \
+             JOIN idx_reference x ON x.rid = r.rid \
+             WHERE ($3::text IS NULL OR x.param = $3::text) AND x.target_type <> '' \
+             ORDER BY k.o",
+        )
+        .await?;
+        c.query(&st, &[&types, &ids, &param])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
+            .collect()
+    }
+
+    async fn references_to(
+        &self,
+        targets: &[(String, String)],
+        source_type: Option<&str>,
+        param: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        let c = self.conn().await?;
+        let (types, ids): (Vec<&str>, Vec<&str>) = targets
+            .iter()
+            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .unzip();
+        let st = prepare(
+            &c,
+            "SELECT r.rtype, r.id \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, o) \
+             JOIN idx_reference x ON left(x.target_type, 128) = left(k.t, 128) \
+             AND left(x.target_id, 128) = left(k.i, 128) AND x.target_type = k.t AND x.target_id = k.i \
+             JOIN resources r ON r.rid = x.rid \
+             WHERE NOT r.deleted AND ($3::text IS NULL OR x.rtype = $3::text) \
+             AND ($4::text IS NULL OR x.param = $4::text) ORDER BY k.o",
+        )
+        .await?;
+        c.query(&st, &[&types, &ids, &source_type, &param])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
+            .collect()
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, u64)>> {
+        let c = self.conn().await?;
+        let st = prepare(
+            &c,
+            "SELECT rtype, count(*) FROM resources WHERE NOT deleted GROUP BY rtype ORDER BY rtype",
+        )
+        .await?;
+        c.query(&st, &[])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| Ok((col(r, 0)?, col::<i64>(r, 1)?.max(0) as u64)))
+            .collect()
+    }
+
+    async fn scan_current(&self, after: Option<u64>, limit: usize) -> Result<ScanPage> {
+        let c = self.conn().await?;
+        let st = prepare(&c, "SELECT count(*) FROM resources WHERE NOT deleted").await?;
+        let total: i64 = col(&c.query_one(&st, &[]).await.map_err(db_err)?, 0)?;
+        let st = prepare(
+            &c,
+            "SELECT v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq, r.rid \
+             FROM resources r JOIN resource_versions v ON v.seq = r.seq \
+             WHERE r.rid > $1 AND NOT r.deleted ORDER BY r.rid LIMIT $2",
+        )
+        .await?;
+        let after = i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut records = vec![];
+        let mut last = None;
+        for row in c.query(&st, &[&after, &lim]).await.map_err(db_err)? {
+            records.push(record(&row, 0)?);
+            last = Some(col::<i64>(&row, 7)?);
+        }
+        let next = (records.len() == limit)
+            .then_some(last)
+            .flatten()
+            .map(|r| r.max(0) as u64);
+        Ok(ScanPage {
+            records,
+            next,
+            total: total.max(0) as u64,
+        })
+    }
+
+    async fn reindex_pending(&self) -> Result<bool> {
+        let c = self.conn().await?;
+        let st = prepare(
+            &c,
+            "SELECT value FROM salus_meta WHERE key = 'reindex_pending'",
+        )
+        .await?;
+        let v: Option<String> = match c.query_opt(&st, &[]).await.map_err(db_err)? {
+            Some(row) => Some(col(&row, 0)?),
+            None => None,
+        };
+        Ok(v.as_deref() == Some("1"))
+    }
+
+    async fn clear_reindex_pending(&self) -> Result<()> {
+        let c = self.conn().await?;
+        c.execute("DELETE FROM salus_meta WHERE key = 'reindex_pending'", &[])
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// One PostgreSQL transaction on one pooled connection.
+struct PgTx {
+    /// `None` once committed or rolled back.
+    client: Option<Object>,
+    /// A statement of this transaction failed (PostgreSQL then refuses everything up
+    /// to a rollback) or a write conflicted: nothing more is applied until
+    /// `rollback_to_savepoint`, and `commit` refuses.
+    failed: bool,
+    /// Index work of this transaction's puts not yet sent (see [`write::Pending`]).
+    pending: write::Pending,
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        // Roll back before the connection goes back to the pool; with no runtime to
+        // do that on, close the connection instead (the server rolls back).
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = client.batch_execute("ROLLBACK").await {
+                        tracing::warn!(error = %e, "rollback failed; closing the connection");
+                        drop(Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(client)),
+        }
+    }
+}
+
+fn tx_gone() -> StoreError {
+    StoreError::Backend("the transaction has already ended".into())
+}
+
+fn tx_failed() -> StoreError {
+    StoreError::Backend("an earlier write of this transaction failed".into())
+}
+
+impl PgTx {
+    /// The connection, unless the transaction has failed.
+    fn live(&self) -> Result<&Object> {
+        if self.failed {
+            return Err(tx_failed());
+        }
+        self.client.as_ref().ok_or_else(tx_gone)
+    }
+
+    /// Send the buffered index work; a failure fails the transaction.
+    async fn flush(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(tx_failed());
+        }
+        let c = self.client.as_ref().ok_or_else(tx_gone)?;
+        let r = self.pending.flush(c).await;
+        self.track(r)
+    }
+
+    /// Record a failure of `r` (the transaction is then unusable until a rollback).
+    fn track<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl StoreTx for PgTx {
+    async fn read(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
+        self.flush().await?;
+        let r = read_latest(self.live()?, rtype, id).await;
+        self.track(r)
+    }
+
+    async fn heads(&mut self, keys: &[(String, String)]) -> Result<Vec<Option<Head>>> {
+        self.flush().await?;
+        let r = heads(self.live()?, keys).await;
+        self.track(r)
+    }
+
+    async fn search(&mut self, q: &SearchQuery) -> Result<SearchPage> {
+        self.flush().await?;
+        let r = search(self.live()?, q).await;
+        self.track(r)
+    }
+
+    async fn put(&mut self, w: NewVersion) -> Result<()> {
+        if self.failed {
+            return Err(tx_failed());
+        }
+        let c = self.client.as_ref().ok_or_else(tx_gone)?;
+        let r = write::put(c, w, &mut self.pending).await;
+        self.track(r)
+    }
+
+    async fn savepoint(&mut self) -> Result<()> {
+        self.flush().await?;
+        let r = self
+            .live()?
+            .batch_execute("SAVEPOINT unit")
+            .await
+            .map_err(db_err);
+        self.track(r)
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        // undoes a failed write of the unit too: the transaction is usable again
+        let c = self.client.as_ref().ok_or_else(tx_gone)?;
+        // the buffer holds only work since the savepoint (`savepoint` flushed)
+        self.pending.clear();
+        let r = c
+            .batch_execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
+            .await
+            .map_err(db_err);
+        self.failed = r.is_err();
+        r
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        self.flush().await?;
+        let r = self
+            .live()?
+            .batch_execute("RELEASE SAVEPOINT unit")
+            .await
+            .map_err(db_err);
+        self.track(r)
+    }
+
+    async fn reindex(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        version: u64,
+        index: Vec<IndexRow>,
+        fulltext: Option<FullText>,
+        contained: Vec<ContainedIndex>,
+    ) -> Result<()> {
+        if self.failed {
+            return Err(tx_failed());
+        }
+        let c = self.client.as_ref().ok_or_else(tx_gone)?;
+        let r = write::reindex(
+            c,
+            rtype,
+            id,
+            version,
+            index,
+            fulltext,
+            contained,
+            &mut self.pending,
+        )
+        .await;
+        self.track(r)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        // a failed transaction is rolled back by `Drop`
+        self.flush().await?;
+        let client = self.client.take().ok_or_else(tx_gone)?;
+        match client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // the outcome is unknown to us; never reuse the connection
+                drop(Object::take(client));
+                Err(db_err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(valid_schema("salus_test_1a2b"));
+        assert!(!valid_schema("a b"));
+        assert!(!valid_schema("x\";drop"));
+        assert!(!valid_schema("1abc"));
+        assert!(!valid_schema(""));
+    }
+}
