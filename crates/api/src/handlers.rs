@@ -349,6 +349,9 @@ pub async fn create_or_op(
     if rtype == "$viewdefinition-run" {
         return crate::views::view_run(&state, &headers, &p, body).await;
     }
+    if rtype == "$convert-data" {
+        return crate::convert::convert_data(&state, &headers, &p, body).await;
+    }
     let fmt = response_format(&headers, &p)?;
     if let Some(op) = rtype.strip_prefix('$') {
         return Err(FhirError::NotSupported(format!("system operation ${op}")).into());

@@ -7,6 +7,7 @@
 //! Must not touch: storage or FHIR rules — those live in `salus-service`.
 
 mod capability;
+mod convert;
 pub mod error;
 mod handlers;
 mod negotiate;
@@ -15,6 +16,7 @@ mod views;
 use axum::routing::{get, post};
 use axum::Router;
 use salus_service::FhirService;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +45,12 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub started: Instant,
     pub metrics: Arc<handlers::Metrics>,
+    /// HL7 v2 messages taken over MLLP (the binary's handler counts them; `/metrics`
+    /// exports them next to the HTTP counters).
+    pub hl7_metrics: Arc<Hl7Metrics>,
+    /// How `$convert-data` maps v2 values (identifier systems, default zone): the same
+    /// settings as the MLLP intake, so both give the same Bundle for a message.
+    pub convert_options: Arc<salus_hl7v2::ConvertOptions>,
 }
 
 impl AppState {
@@ -52,8 +60,83 @@ impl AppState {
             config: Arc::new(config),
             started: Instant::now(),
             metrics: Arc::default(),
+            hl7_metrics: Arc::default(),
+            convert_options: Arc::default(),
         }
     }
+
+    /// Use these conversion settings for `$convert-data`.
+    pub fn with_convert_options(mut self, options: salus_hl7v2::ConvertOptions) -> Self {
+        self.convert_options = Arc::new(options);
+        self
+    }
+}
+
+/// Counters of HL7 v2 messages by acknowledgement code, for `/metrics`.
+#[derive(Default)]
+pub struct Hl7Metrics {
+    /// AA, AE, AR.
+    by_code: [AtomicU64; 3],
+    /// Time from receipt to ACK (conversion, storage, commit), summed.
+    latency_micros: AtomicU64,
+}
+
+impl Hl7Metrics {
+    /// Count one message answered with `code` after `micros` microseconds.
+    pub fn record(&self, code: salus_hl7v2::AckCode, micros: u64) {
+        let i = match code {
+            salus_hl7v2::AckCode::Accept => 0,
+            salus_hl7v2::AckCode::Error => 1,
+            salus_hl7v2::AckCode::Reject => 2,
+        };
+        self.by_code[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Messages counted so far with `code`.
+    pub fn count(&self, code: salus_hl7v2::AckCode) -> u64 {
+        let i = match code {
+            salus_hl7v2::AckCode::Accept => 0,
+            salus_hl7v2::AckCode::Error => 1,
+            salus_hl7v2::AckCode::Reject => 2,
+        };
+        self.by_code[i].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text lines.
+    fn prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP salus_hl7_messages_total HL7 v2 messages received over MLLP, by ACK code.\n# TYPE salus_hl7_messages_total counter\n",
+        );
+        let mut total = 0;
+        for (i, code) in ["AA", "AE", "AR"].iter().enumerate() {
+            let n = self.by_code[i].load(Ordering::Relaxed);
+            total += n;
+            out.push_str(&format!("salus_hl7_messages_total{{ack=\"{code}\"}} {n}\n"));
+        }
+        out.push_str("# HELP salus_hl7_message_duration_seconds_sum Time from receipt to ACK, summed.\n# TYPE salus_hl7_message_duration_seconds_sum counter\n");
+        out.push_str(&format!(
+            "salus_hl7_message_duration_seconds_sum {}\nsalus_hl7_message_duration_seconds_count {total}\n",
+            self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+        out
+    }
+}
+
+/// `/metrics`: the HTTP and storage counters, then the HL7 v2 ones.
+async fn metrics_with_hl7(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    let hl7 = state.hl7_metrics.prometheus();
+    let resp = handlers::metrics(axum::extract::State(state)).await;
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut text = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    text.extend_from_slice(hl7.as_bytes());
+    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// The complete FHIR API router.
@@ -64,7 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metadata", get(metadata))
         .route("/$reindex", get(reindex_status).post(reindex_start))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_with_hl7))
         .route("/_history", get(history_system))
         .route(
             "/{rtype}",

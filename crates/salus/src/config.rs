@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,56 @@ impl Default for LimitsConfig {
     }
 }
 
+/// HL7 v2 intake (`[hl7]` table): the MLLP listener and how v2 values become FHIR ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hl7Config {
+    /// Address of the MLLP listener; `None` (the default) runs no listener, so a server
+    /// that takes no HL7 v2 feed opens no second port.
+    pub mllp_listen: Option<SocketAddr>,
+    /// Assigning-authority namespace (CX-4.1) → identifier system URI, e.g. `HOSP` →
+    /// `http://hospital.example/mrn`; without an entry identifiers get
+    /// `urn:salus:hl7v2:id:<namespace>`, which no other system knows.
+    pub namespace_systems: BTreeMap<String, String>,
+    /// Zone (`+01:00`, `Z`) for v2 times that carry none (and MSH-7 neither); unset, such
+    /// values keep only their date, since a FHIR dateTime with a time needs a zone.
+    pub default_offset: Option<String>,
+}
+
+impl Hl7Config {
+    /// The conversion options these settings give.
+    pub fn convert_options(&self) -> salus_hl7v2::ConvertOptions {
+        salus_hl7v2::ConvertOptions {
+            namespace_systems: self.namespace_systems.clone(),
+            default_offset: self.default_offset.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn validate(&self, listen: SocketAddr) -> Result<()> {
+        if self.mllp_listen == Some(listen) {
+            bail!("hl7.mllp_listen must differ from listen ({listen})");
+        }
+        if let Some(o) = &self.default_offset {
+            let ok = o == "Z"
+                || (o.len() == 6
+                    && matches!(&o[..1], "+" | "-")
+                    && o[1..3].bytes().all(|b| b.is_ascii_digit())
+                    && &o[3..4] == ":"
+                    && o[4..].bytes().all(|b| b.is_ascii_digit()));
+            if !ok {
+                bail!("hl7.default_offset must be Z or like +01:00, got '{o}'");
+            }
+        }
+        for (ns, system) in &self.namespace_systems {
+            if !system.contains(':') {
+                bail!("hl7.namespace_systems.{ns} must be a URI, got '{system}'");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything `salus serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,6 +135,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
+    pub hl7: Hl7Config,
 }
 
 impl Default for Config {
@@ -96,6 +148,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            hl7: Hl7Config::default(),
         }
     }
 }
@@ -128,6 +181,9 @@ pub struct Overrides {
     /// Largest request body in bytes
     #[arg(long, env = "SALUS_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Also accept HL7 v2 messages over MLLP on this address (off when unset)
+    #[arg(long, env = "SALUS_HL7_MLLP_LISTEN", value_name = "ADDR:PORT")]
+    pub mllp_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -166,6 +222,9 @@ impl Config {
         if let Some(v) = o.max_body_bytes {
             c.limits.max_body_bytes = v;
         }
+        if let Some(v) = o.mllp_listen {
+            c.hl7.mllp_listen = Some(v);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -189,6 +248,7 @@ impl Config {
                 bail!("base_url must start with http:// or https://, got '{b}'");
             }
         }
+        self.hl7.validate(self.listen)?;
         Ok(())
     }
 }
@@ -230,6 +290,81 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::load(&o).unwrap().listen.port(), 7000);
+    }
+
+    #[test]
+    fn hl7_defaults_file_env_and_flag() {
+        let c = Config::load(&Overrides::default()).unwrap();
+        assert_eq!(c.hl7.mllp_listen, None, "no MLLP listener by default");
+        assert!(c.hl7.namespace_systems.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("salus.toml");
+        std::fs::write(
+            &f,
+            "[hl7]\nmllp_listen = \"127.0.0.1:2575\"\ndefault_offset = \"+01:00\"\n\
+             [hl7.namespace_systems]\nHOSP = \"http://hospital.example/mrn\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.hl7.mllp_listen.unwrap().port(), 2575);
+        let opts = c.hl7.convert_options();
+        assert_eq!(opts.namespace_system("HOSP"), "http://hospital.example/mrn");
+        assert_eq!(opts.default_offset.as_deref(), Some("+01:00"));
+        // the flag (or SALUS_HL7_MLLP_LISTEN, which clap merges into it) wins
+        let o = Overrides {
+            config: Some(f),
+            mllp_listen: Some("127.0.0.1:2576".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(&o).unwrap().hl7.mllp_listen.unwrap().port(),
+            2576
+        );
+    }
+
+    #[test]
+    fn bad_hl7_settings_are_readable_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let f = dir.path().join("hl7.toml");
+            std::fs::write(&f, text).unwrap();
+            let o = Overrides {
+                config: Some(f),
+                ..Default::default()
+            };
+            format!("{:#}", Config::load(&o).unwrap_err())
+        };
+        let err = load("[hl7]\nmllp_listen = \"localhost:notaport\"\n");
+        assert!(err.contains("invalid configuration file"), "{err}");
+        assert!(err.contains("mllp_listen"), "{err}");
+        assert!(err.contains("socket address"), "{err}");
+        let err = load("[hl7]\nmllp_listen = \"127.0.0.1:8080\"\n");
+        assert!(
+            err.contains("hl7.mllp_listen must differ from listen"),
+            "{err}"
+        );
+        let err = load("[hl7]\ndefault_offset = \"CET\"\n");
+        assert!(err.contains("hl7.default_offset"), "{err}");
+        // the flag is parsed by clap, which names it
+        let err = <crate::config::tests::Flags as clap::Parser>::try_parse_from([
+            "salus",
+            "--mllp-listen",
+            "nowhere",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("--mllp-listen"), "{err}");
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        overrides: Overrides,
     }
 
     #[test]

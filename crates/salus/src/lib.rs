@@ -1,9 +1,11 @@
 //! The `salus` binary's library: configuration, wiring, server start-up and shutdown,
-//! the import tool, `salus view run`, `salus deid` and demo data. `main.rs` only parses the command line.
+//! the import tool, `salus view run`, `salus deid`, HL7 v2 intake over MLLP
+//! (`salus convert`, `salus hl7 send`) and demo data. `main.rs` only parses the command line.
 
 pub mod config;
 pub mod deid;
 pub mod demo;
+pub mod hl7;
 pub mod import;
 pub mod serve;
 pub mod views;

@@ -70,6 +70,36 @@ enum Command {
         #[command(subcommand)]
         command: ViewCommand,
     },
+    /// Convert HL7 v2 messages (ER7 files) into FHIR transaction Bundles without storing them
+    Convert {
+        /// Files holding one or more messages (each starting with MSH, or separated by blank lines)
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write one Bundle file per message into this folder instead of printing them
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// TOML configuration file (its [hl7] table sets identifier systems and the default zone)
+        #[arg(long, env = "SALUS_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// HL7 v2 tools
+    Hl7 {
+        #[command(subcommand)]
+        command: Hl7Command,
+    },
+}
+
+#[derive(Subcommand)]
+enum Hl7Command {
+    /// Send messages over MLLP and print each acknowledgement
+    Send {
+        /// Files holding one or more messages (each starting with MSH, or separated by blank lines)
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The MLLP listener, e.g. 127.0.0.1:2575
+        #[arg(long, value_name = "HOST:PORT")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +182,27 @@ fn main() -> Result<()> {
                 output.display(),
                 s.skipped
             );
+            Ok(())
+        }
+        Command::Convert { files, out, config } => {
+            let config = Config::load(&Overrides {
+                config,
+                ..Default::default()
+            })?;
+            let ok =
+                salus::hl7::convert_cli(&files, out.as_deref(), &config.hl7.convert_options())?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Hl7 {
+            command: Hl7Command::Send { files, to },
+        } => {
+            let ok = runtime.block_on(salus::hl7::send_cli(&files, &to))?;
+            if !ok {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::View {

@@ -1,5 +1,7 @@
 //! Wiring and running the server: open storage, build the service and router, load
-//! demo data, listen, and shut down gracefully on SIGINT/SIGTERM.
+//! demo data, listen (HTTP, and MLLP for HL7 v2 when configured), and shut down
+//! gracefully on SIGINT/SIGTERM: both listeners stop on the same signal and finish the
+//! request or message in progress.
 
 use crate::config::{Config, Durability, LogFormat};
 use anyhow::{Context, Result};
@@ -100,6 +102,25 @@ pub fn app_state(config: &Config, service: FhirService) -> AppState {
             max_body_bytes: config.limits.max_body_bytes,
         },
     )
+    .with_convert_options(config.hl7.convert_options())
+}
+
+/// Serve HL7 v2 over MLLP on `listener` until `shutdown` completes; the message in
+/// progress on each connection is stored and acknowledged first.
+pub async fn run_mllp(
+    state: &AppState,
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let handler = crate::hl7::Hl7Handler::new(
+        state.service.clone(),
+        config.hl7.convert_options(),
+        state.hl7_metrics.clone(),
+    );
+    salus_hl7v2::mllp::serve(listener, Arc::new(handler), shutdown)
+        .await
+        .context("MLLP server error")
 }
 
 /// Serve on `listener` until `shutdown` completes; in-flight requests finish first.
@@ -195,13 +216,48 @@ pub async fn serve(config: Config) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let mllp = match config.hl7.mllp_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for MLLP on {addr}"))?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    mllp_listen = %addr,
+                    "MLLP on a non-loopback address WITHOUT authentication or TLS: anyone who \
+                     can reach this port can write records; put it behind a VPN or TLS proxy"
+                );
+            }
+            tracing::info!(mllp_listen = %addr, "HL7 v2 MLLP listener ready on {addr}");
+            Some(l)
+        }
+        None => None,
+    };
     tracing::info!(
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         "Salus FHIR server ready at http://{}/",
         config.listen
     );
-    run(app_state(&config, svc), listener, shutdown_signal()).await?;
+    let state = app_state(&config, svc);
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    match mllp {
+        Some(l) => {
+            tokio::try_join!(
+                run(state.clone(), listener, stopped(stop_rx.clone())),
+                run_mllp(&state, &config, l, stopped(stop_rx)),
+            )?;
+        }
+        None => run(state, listener, stopped(stop_rx)).await?,
+    }
     store.checkpoint().await.context("final checkpoint")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -18,13 +18,20 @@ pub fn free_port() -> u16 {
 /// `salus serve` on `127.0.0.1:port` over `data` (with `--demo` when asked), once it
 /// has logged that it is ready.
 pub fn start(data: &Path, port: u16, demo: bool) -> Child {
+    start_with(data, port, demo, &[])
+}
+
+/// [`start`] with extra `serve` arguments (e.g. `--mllp-listen 127.0.0.1:PORT`).
+pub fn start_with(data: &Path, port: u16, demo: bool, extra: &[&str]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_salus"));
     cmd.arg("serve")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data)
+        .args(extra)
         .env_remove("SALUS_CONFIG")
+        .env_remove("SALUS_HL7_MLLP_LISTEN")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if demo {
