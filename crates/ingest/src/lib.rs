@@ -9,6 +9,7 @@
 //! Must not touch: FHIR, storage, templates — a payload is bytes until the sink reads it.
 
 pub mod compliance;
+#[cfg(feature = "mqtt")]
 pub mod mqtt;
 
 use async_trait::async_trait;

@@ -51,12 +51,25 @@ pub struct WriteOutcome {
     pub existing: bool,
 }
 
-/// How many attempts a write without `If-Match` makes when it races another writer.
-const WRITE_ATTEMPTS: usize = 5;
+/// How many attempts a write without `If-Match` makes when it races another writer
+/// (several server processes on one PostgreSQL database race for real).
+const WRITE_ATTEMPTS: usize = 40;
+
+/// A short, jittered pause before retrying a write that lost a race.
+pub(crate) async fn backoff(attempt: usize) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let base = 200 * attempt.min(20) as u64;
+    tokio::time::sleep(std::time::Duration::from_micros(base + nanos % (base + 1))).await;
+}
 
 /// Run `$body` (an expression that may `.await`, evaluating to `Result<T>`) inside a
 /// store transaction bound to `$tx`, committing on success. When `$retry` is set, a
-/// conflict with a concurrent writer is retried on a fresh transaction.
+/// conflict with a concurrent writer is retried on a fresh transaction; when it is not
+/// (the request carried `If-Match`), a conflict means the version the client named is
+/// no longer current: 412. A backend may report a queued write's conflict only at
+/// commit, so commit failures are judged the same way.
 macro_rules! in_tx {
     ($svc:expr, $retry:expr, |$tx:ident| $body:expr) => {{
         let mut attempt = 0usize;
@@ -67,12 +80,19 @@ macro_rules! in_tx {
                 let $tx: &mut dyn StoreTx = guard.as_mut();
                 $body
             };
+            let result = match result {
+                Ok(v) => guard.commit().await.map(|()| v).map_err(FhirError::from),
+                Err(e) => Err(e),
+            };
             match result {
-                Ok(v) => {
-                    guard.commit().await?;
-                    break Ok(v);
+                Ok(v) => break Ok(v),
+                Err(FhirError::Conflict(_)) if $retry && attempt < WRITE_ATTEMPTS => {
+                    crate::service::backoff(attempt).await;
+                    continue;
                 }
-                Err(FhirError::Conflict(_)) if $retry && attempt < WRITE_ATTEMPTS => continue,
+                Err(FhirError::Conflict(m)) if !$retry => {
+                    break Err(FhirError::PreconditionFailed(m))
+                }
                 Err(e) => break Err(e),
             }
         }
@@ -357,6 +377,10 @@ pub(crate) async fn tx_match(
         max_count: limits.max_count,
         strict: true,
     };
+    // Two transactions matching the same criteria (two conditional creates of one
+    // patient) run one after the other, on every backend: the second sees what the
+    // first wrote.
+    tx.lock(&format!("{rtype}?{query}")).await?;
     let pairs =
         crate::subsumption::expand(&mut crate::subsumption::Source::Tx(&mut *tx), rtype, &pairs)
             .await?;

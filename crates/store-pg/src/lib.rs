@@ -706,6 +706,21 @@ impl StoreTx for PgTx {
         self.track(r)
     }
 
+    async fn lock(&mut self, key: &str) -> Result<()> {
+        self.flush().await?;
+        // a transaction-scoped advisory lock on a stable 64-bit hash of the key (FNV-1a)
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        let r = self
+            .live()?
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&(hash as i64)])
+            .await
+            .map(|_| ())
+            .map_err(db_err);
+        self.track(r)
+    }
+
     async fn savepoint(&mut self) -> Result<()> {
         self.flush().await?;
         let r = self

@@ -147,6 +147,16 @@ pub trait StoreTx: Send {
         contained: Vec<ContainedIndex>,
     ) -> Result<()>;
 
+    /// Hold an exclusive lock on `key` until this transaction ends, so transactions that
+    /// take the same key (conditional operations with the same criteria) run one after
+    /// the other, also across processes sharing a database. The default does nothing: a
+    /// backend whose write transactions are already serialized (SQLite: one writer)
+    /// needs no more.
+    async fn lock(&mut self, key: &str) -> Result<()> {
+        let _ = key;
+        Ok(())
+    }
+
     /// Make every write of this transaction durable and visible.
     async fn commit(self: Box<Self>) -> Result<()>;
 }

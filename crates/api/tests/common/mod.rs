@@ -1,6 +1,10 @@
 //! Shared test harness: the real router over a SQLite store in a temporary directory,
 //! wired as `salus serve` wires it (`open_store` → `service` → `app_state`), driven with
 //! `tower::ServiceExt::oneshot` (no socket).
+//!
+//! With `SALUS_TEST_BACKEND=postgres` (and `SALUS_TEST_POSTGRES=postgres://…`) every test
+//! runs on PostgreSQL instead, each in a fresh schema dropped afterwards: one API suite,
+//! two backends (`scripts/test` runs it both ways).
 #![allow(dead_code)]
 
 use axum::body::Body;
@@ -20,6 +24,84 @@ pub struct App {
     pub router: Router,
     pub state: AppState,
     _dir: tempfile::TempDir,
+    _pg: Option<PgSchema>,
+}
+
+/// Set-up and tear-down of PostgreSQL schemas run on a runtime of their own that lives
+/// as long as the test process (the pool's first connections belong to it), on another
+/// thread (a test's own runtime cannot block on them).
+fn pg_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fn on_pg_runtime<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || pg_runtime().block_on(f))
+        .join()
+        .expect("PostgreSQL set-up thread")
+}
+
+/// A test's PostgreSQL schema, dropped with the test's [`App`].
+struct PgSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        on_pg_runtime(async move {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                let task = tokio::spawn(conn);
+                // The test's connections are named after its schema; one may still be
+                // in a transaction whose rollback was queued on the test's (now idle)
+                // runtime: end them first. `schema` is ours: letters, digits and `_`.
+                let _ = client
+                    .batch_execute(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = '{schema}' AND pid <> pg_backend_pid(); \
+                         DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    ))
+                    .await;
+                drop(client);
+                let _ = task.await;
+            }
+        });
+    }
+}
+
+/// The backend the suite runs on: `SALUS_TEST_BACKEND` (`sqlite`, the default, or
+/// `postgres`).
+fn backend(dir: &std::path::Path) -> (Arc<dyn salus_store::Store>, Option<PgSchema>) {
+    match std::env::var("SALUS_TEST_BACKEND").as_deref() {
+        Ok("postgres") => {
+            let url = std::env::var("SALUS_TEST_POSTGRES")
+                .expect("SALUS_TEST_BACKEND=postgres needs SALUS_TEST_POSTGRES=postgres://…");
+            let schema = format!("salus_api_{}", uuid::Uuid::new_v4().simple());
+            let options = salus_store_pg::PgOptions {
+                schema: Some(schema.clone()),
+                pool_size: 8,
+                application_name: schema.clone(),
+                ..Default::default()
+            };
+            let u = url.clone();
+            let store =
+                on_pg_runtime(async move { salus_store_pg::PgStore::connect(&u, options).await })
+                    .expect("connect to PostgreSQL");
+            (Arc::new(store), Some(PgSchema { url, schema }))
+        }
+        Ok("sqlite") | Err(_) => (
+            Arc::new(SqliteStore::open_dir(dir, SqliteOptions::default()).expect("open store")),
+            None,
+        ),
+        Ok(other) => panic!("SALUS_TEST_BACKEND '{other}': use sqlite or postgres"),
+    }
 }
 
 /// A response: status, headers, the body as text, and the body parsed as JSON
@@ -84,13 +166,14 @@ pub fn app() -> App {
 
 pub fn app_with(limits: Limits, api: ApiConfig) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).expect("open store");
-    let service = FhirService::new(Arc::new(store), limits);
+    let (store, pg) = backend(dir.path());
+    let service = FhirService::new(store, limits);
     let state = AppState::new(service, api);
     App {
         router: router(state.clone()),
         state,
         _dir: dir,
+        _pg: pg,
     }
 }
 
