@@ -79,7 +79,11 @@ async fn main() {
             for m in mine {
                 let t = Instant::now();
                 framed.send(m.as_bytes()).await.expect("send");
-                let ack = framed.next().await.expect("an ACK").expect("a frame");
+                let ack = framed
+                    .next()
+                    .await
+                    .expect("the server closed the connection")
+                    .expect("an MLLP frame");
                 latencies.push(t.elapsed());
                 if !ack.windows(7).any(|w| w == b"\rMSA|AA") {
                     not_aa += 1;

@@ -287,7 +287,58 @@ async fn mllp_feed_end_to_end() {
     assert_eq!(code, AckCode::Reject, "{msg}");
     assert!(msg.contains("unsupported message type"), "{msg}");
 
-    // 5. The counters.
+    // 5. Messages arriving together are committed together (group commit), each under
+    // its own savepoint: one whose transaction is rejected (its PID-3 matches two
+    // stored Patients) gets AE and leaves nothing, the others commit and get AA.
+    for _ in 0..2 {
+        let r = fhir
+            .client
+            .post(format!("{}/Patient", fhir.base))
+            .header("content-type", "application/fhir+json")
+            .body(r#"{"resourceType":"Patient","identifier":[{"system":"urn:salus:hl7v2:id:HOSP","value":"DUP-1"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let adt = |id: &str, mrn: &str, visit: &str| {
+        format!(
+            "MSH|^~\\&|GRP|HOSP|SALUS|HOSP|20240102030405+0100||ADT^A01^ADT_A01|{id}|P|2.5.1\r\
+             PID|1||{mrn}^^^HOSP^MR||GROUP^TEST||19800101|F\r\
+             PV1|1|I|W^1^1||||||||||||||||{visit}^^^HOSP^VN\r"
+        )
+    };
+    let mut sends = vec![];
+    for i in 0..16 {
+        let text = if i == 7 {
+            adt("GRP-DUP", "DUP-1", "V-DUP")
+        } else {
+            adt(&format!("GRP-{i}"), &format!("G-{i}"), &format!("V-G-{i}"))
+        };
+        let addr = mllp.clone();
+        sends.push(tokio::spawn(async move { send(&addr, &text).await }));
+    }
+    for (i, s) in sends.into_iter().enumerate() {
+        let (code, msg) = s.await.unwrap();
+        if i == 7 {
+            assert_eq!(code, AckCode::Error, "{msg}");
+            assert!(
+                msg.contains("conditional update") && msg.contains("DUP-1"),
+                "{msg}"
+            );
+        } else {
+            assert_eq!(code, AckCode::Accept, "GRP-{i}: {msg}");
+        }
+    }
+    assert_eq!(
+        fhir.total("Encounter?identifier=urn:salus:hl7v2:id:HOSP|V-DUP")
+            .await,
+        0
+    );
+    assert_eq!(fhir.total("Encounter?identifier=V-G-15").await, 1);
+    assert_eq!(fhir.total("Patient?family=GROUP").await, 15);
+
+    // 6. The counters.
     let metrics = fhir
         .client
         .get(format!("{}/metrics", fhir.base))
@@ -300,13 +351,16 @@ async fn mllp_feed_end_to_end() {
     assert!(
         metrics.contains(&format!(
             "salus_hl7_messages_total{{ack=\"AA\"}} {}",
-            2 * feed.len()
+            2 * feed.len() + 15
         )),
         "{metrics}"
     );
-    assert!(metrics.contains("salus_hl7_messages_total{ack=\"AE\"} 1"));
+    assert!(
+        metrics.contains("salus_hl7_messages_total{ack=\"AE\"} 2"),
+        "{metrics}"
+    );
 
-    // 6. `salus hl7 send` against the running server: one file with two messages
+    // 7. `salus hl7 send` against the running server: one file with two messages
     // separated by a blank line, LF line ends (as saved by an editor).
     let two = dir.path().join("two.hl7");
     let one_msg = |id: &str, mrn: &str| {
