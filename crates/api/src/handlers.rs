@@ -678,3 +678,12 @@ pub async fn history_instance(
     )
     .await
 }
+
+/// `POST /devices/messages` (the HTTP device source).
+pub async fn device_messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    crate::devices::messages(&state, &headers, body).await
+}

@@ -8,6 +8,7 @@
 
 mod capability;
 mod convert;
+pub mod devices;
 pub mod error;
 mod handlers;
 mod negotiate;
@@ -51,6 +52,8 @@ pub struct AppState {
     /// How `$convert-data` maps v2 values (identifier systems, default zone): the same
     /// settings as the MLLP intake, so both give the same Bundle for a message.
     pub convert_options: Arc<salus_hl7v2::ConvertOptions>,
+    /// The HTTP device source (`POST /devices/messages`), when devices are configured.
+    pub devices: Option<Arc<devices::DeviceEndpoint>>,
 }
 
 impl AppState {
@@ -62,7 +65,14 @@ impl AppState {
             metrics: Arc::default(),
             hl7_metrics: Arc::default(),
             convert_options: Arc::default(),
+            devices: None,
         }
+    }
+
+    /// Accept device messages over HTTP, delivering them to this endpoint's sink.
+    pub fn with_devices(mut self, endpoint: devices::DeviceEndpoint) -> Self {
+        self.devices = Some(Arc::new(endpoint));
+        self
     }
 
     /// Use these conversion settings for `$convert-data`.
@@ -147,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metadata", get(metadata))
         .route("/$reindex", get(reindex_status).post(reindex_start))
         .route("/health", get(health))
+        .route("/devices/messages", post(device_messages))
         .route("/metrics", get(metrics_with_hl7))
         .route("/_history", get(history_system))
         .route(

@@ -34,6 +34,11 @@ pub struct StorageConfig {
     pub readers: usize,
     /// Milliseconds to wait on a database lock before answering 503.
     pub busy_timeout_ms: u64,
+    /// A PostgreSQL database (`postgres://user@host:5432/db`) instead of the embedded
+    /// SQLite one; several `salus serve` processes may share it.
+    pub database: Option<String>,
+    /// Connections in the PostgreSQL pool.
+    pub pool_size: usize,
 }
 
 impl Default for StorageConfig {
@@ -42,6 +47,8 @@ impl Default for StorageConfig {
             durability: Durability::Normal,
             readers: 8,
             busy_timeout_ms: 5_000,
+            database: None,
+            pool_size: 16,
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub hl7: Hl7Config,
+    /// Remote patient monitoring (`[devices]`, docs/devices.md); off unless templates are set.
+    pub devices: crate::devices::DevicesConfig,
 }
 
 impl Default for Config {
@@ -149,6 +158,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             hl7: Hl7Config::default(),
+            devices: Default::default(),
         }
     }
 }
@@ -181,6 +191,9 @@ pub struct Overrides {
     /// Largest request body in bytes
     #[arg(long, env = "SALUS_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// PostgreSQL database URL instead of the embedded store (postgres://user@host/db)
+    #[arg(long, env = "SALUS_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
     /// Also accept HL7 v2 messages over MLLP on this address (off when unset)
     #[arg(long, env = "SALUS_HL7_MLLP_LISTEN", value_name = "ADDR:PORT")]
     pub mllp_listen: Option<SocketAddr>,
@@ -222,6 +235,9 @@ impl Config {
         if let Some(v) = o.max_body_bytes {
             c.limits.max_body_bytes = v;
         }
+        if let Some(v) = &o.database {
+            c.storage.database = Some(v.clone());
+        }
         if let Some(v) = o.mllp_listen {
             c.hl7.mllp_listen = Some(v);
         }
@@ -233,6 +249,14 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.limits.max_count == 0 {
             bail!("limits.max_count must be at least 1");
+        }
+        if let Some(url) = &self.storage.database {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("storage.database must be a postgres:// URL (leave it unset for the embedded store)");
+            }
+            if self.storage.pool_size == 0 {
+                bail!("storage.pool_size must be at least 1");
+            }
         }
         if self.limits.default_count > self.limits.max_count {
             bail!("limits.default_count must not exceed limits.max_count");

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod deid;
 pub mod demo;
+pub mod devices;
 pub mod hl7;
 pub mod import;
 pub mod serve;

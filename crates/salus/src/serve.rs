@@ -39,10 +39,66 @@ pub fn open_store(config: &Config) -> Result<SqliteStore> {
         .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))
 }
 
+/// The store `salus serve` runs on: the embedded SQLite one, or PostgreSQL.
+pub enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(salus_store_pg::PgStore),
+}
+
+impl Backend {
+    /// Open what the configuration names (`storage.database`, else the data dir).
+    pub async fn open(config: &Config) -> Result<Backend> {
+        match &config.storage.database {
+            Some(url) => {
+                let options = salus_store_pg::PgOptions {
+                    pool_size: config.storage.pool_size,
+                    ..Default::default()
+                };
+                let store = salus_store_pg::PgStore::connect(url, options)
+                    .await
+                    // the URL may hold a password: name the host only
+                    .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL database: {e}"))?;
+                Ok(Backend::Postgres(store))
+            }
+            None => Ok(Backend::Sqlite(open_store(config)?)),
+        }
+    }
+
+    pub fn store(&self) -> Arc<dyn salus_store::Store> {
+        match self {
+            Backend::Sqlite(s) => Arc::new(s.clone()),
+            Backend::Postgres(p) => Arc::new(p.clone()),
+        }
+    }
+
+    /// Flush and release at shutdown.
+    pub async fn close(&self) -> Result<()> {
+        match self {
+            Backend::Sqlite(s) => s.checkpoint().await.context("final checkpoint"),
+            Backend::Postgres(p) => {
+                p.close();
+                Ok(())
+            }
+        }
+    }
+
+    pub fn describe(&self, config: &Config) -> String {
+        match self {
+            Backend::Sqlite(_) => format!("SQLite in {}", config.data_dir.display()),
+            Backend::Postgres(_) => "PostgreSQL".to_string(),
+        }
+    }
+}
+
 /// The service over a store, with the configured limits.
 pub fn service(config: &Config, store: SqliteStore) -> FhirService {
+    service_over(config, Arc::new(store))
+}
+
+/// The service over any backend, with the configured limits.
+pub fn service_over(config: &Config, store: Arc<dyn salus_store::Store>) -> FhirService {
     FhirService::new(
-        Arc::new(store),
+        store,
         Limits {
             default_count: config.limits.default_count,
             max_count: config.limits.max_count,
@@ -166,8 +222,8 @@ const SEARCH_PARAMETER_SYNC: std::time::Duration = std::time::Duration::from_sec
 pub async fn serve(config: Config) -> Result<()> {
     // Build the definition tables now rather than on the first request.
     salus_fhir::preload();
-    let store = open_store(&config)?;
-    let svc = service(&config, store.clone());
+    let backend = Backend::open(&config).await?;
+    let svc = service_over(&config, backend.store());
     if config.demo {
         let loaded = crate::demo::load_if_empty(&svc).await?;
         if loaded > 0 {
@@ -235,11 +291,11 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     tracing::info!(
         listen = %config.listen,
-        data_dir = %config.data_dir.display(),
+        store = %backend.describe(&config),
         "Salus FHIR server ready at http://{}/",
         config.listen
     );
-    let state = app_state(&config, svc);
+    let mut state = app_state(&config, svc.clone());
     // One signal stops both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -249,6 +305,40 @@ pub async fn serve(config: Config) -> Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Remote patient monitoring: POST /devices/messages, the MQTT source, the timer of
+    // missing-data rules.
+    let mut device_tasks = vec![];
+    if let Some(rt) = config.devices.load(&svc)? {
+        state = state.with_devices(salus_api::devices::DeviceEndpoint {
+            sink: rt.sink.clone(),
+            tokens: rt.tokens.clone(),
+        });
+        if rt.tokens.is_empty() && !config.listen.ip().is_loopback() {
+            tracing::warn!("POST /devices/messages accepts messages without a device token");
+        }
+        if let Some(mqtt) = rt.mqtt {
+            let sink: Arc<dyn salus_ingest::Sink> = rt.sink.clone();
+            device_tasks.push(tokio::spawn(mqtt.run(sink, stopped(stop_rx.clone()))));
+            tracing::info!("MQTT device source subscribed");
+        }
+        let (svc, ingest, every) = (svc.clone(), rt.ingest.clone(), rt.tick);
+        let stop = stopped(stop_rx.clone());
+        device_tasks.push(tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = svc.tick_device_rules(&ingest).await {
+                            tracing::warn!(error = %e, "missing-data rules not evaluated");
+                        }
+                    }
+                }
+            }
+        }));
+        tracing::info!("device ingestion ready: POST /devices/messages");
+    }
     match mllp {
         Some(l) => {
             tokio::try_join!(
@@ -258,7 +348,10 @@ pub async fn serve(config: Config) -> Result<()> {
         }
         None => run(state, listener, stopped(stop_rx)).await?,
     }
-    store.checkpoint().await.context("final checkpoint")?;
+    for t in device_tasks {
+        let _ = t.await;
+    }
+    backend.close().await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
