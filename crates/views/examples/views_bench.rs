@@ -2,7 +2,7 @@
 //! views (patient demographics, encounter flattening, conditions), first over resources
 //! already parsed, then end to end (NDJSON text -> parse -> rows -> CSV into a sink).
 //!
-//! `cargo run --release -p salus-views --example bench [repeats] [ndjson-dir]`
+//! `cargo run --release -p salus-views --example views_bench [repeats] [ndjson-dir]`
 //! The default directory is `data/bulk-10-patients` in the shared directory
 //! (`$SALUS_SHARED_DIR`, else `../shared` beside the repository); each file is processed
 //! `repeats` times (default 20). No assertions; numbers depend on the machine.

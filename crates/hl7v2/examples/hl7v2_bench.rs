@@ -1,6 +1,6 @@
 //! Parse + convert throughput on made-up messages (single thread):
 //!
-//!     cargo run --release -p salus-hl7v2 --example bench [-- SECONDS]
+//!     cargo run --release -p salus-hl7v2 --example hl7v2_bench [-- SECONDS]
 //!
 //! Prints messages per second for parsing alone and for parse + convert (Bundle built as
 //! JSON), per message kind and overall. The end-to-end MLLP path (socket, FHIR

@@ -1,7 +1,7 @@
 //! Throughput of the Safe Harbor configuration over the shared `bulk-10-patients` export.
 //!
 //! ```text
-//! cargo run --release -p salus-deid --example bench [-- --rounds N] [-- --out DIR]
+//! cargo run --release -p salus-deid --example deid_bench [-- --rounds N] [-- --out DIR]
 //! ```
 //!
 //! Reads every resource file of `$SALUS_SHARED_DIR/data/bulk-10-patients` (default: the
