@@ -1,5 +1,6 @@
 //! Request handlers: each one parses HTTP, calls the service, and writes HTTP.
 
+use crate::auth::Scoped;
 use crate::error::ApiError;
 use crate::negotiate::{
     header_value, json_response, prefer_return, read_bytes, read_json, response_format,
@@ -101,14 +102,10 @@ fn write_response(out: WriteOutcome, headers: &HeaderMap, fmt: Format, base: &st
 
 /// `GET [base]`: a system-level search when there are parameters (`?_type=…`),
 /// otherwise the CapabilityStatement.
-pub async fn root(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
+pub async fn root(Scoped(state): Scoped, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
     let p = pairs(&q);
     if p.iter().all(|(k, _)| k == "_format" || k == "_pretty") {
-        return metadata(State(state), headers, RawQuery(q)).await;
+        return metadata(Scoped(state), headers, RawQuery(q)).await;
     }
     run_search(&state, "", p, &headers).await
 }
@@ -116,7 +113,7 @@ pub async fn root(
 /// `POST [base]/$reindex`: rebuild every resource's index rows and full text in the
 /// background; 202 with the job's status, whose progress `GET [base]/$reindex` reports.
 pub async fn reindex_start(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
@@ -133,7 +130,7 @@ pub async fn reindex_start(
 /// `GET [base]/$reindex`: the reindex job's status (`Parameters`: status, processed,
 /// total, started, finished, error).
 pub async fn reindex_status(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
@@ -146,7 +143,7 @@ pub async fn reindex_status(
 }
 
 pub async fn metadata(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
@@ -239,7 +236,7 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 pub async fn bundle(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Body,
@@ -255,7 +252,7 @@ pub async fn bundle(
 }
 
 pub async fn read(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -326,7 +323,7 @@ fn shaped_version(r: VersionRecord, p: &Pairs, fmt: Format, base: &str) -> ApiRe
 }
 
 pub async fn vread(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((rtype, id, vid)): Path<(String, String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -339,7 +336,7 @@ pub async fn vread(
 }
 
 pub async fn create_or_op(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -377,7 +374,7 @@ pub async fn create_or_op(
 }
 
 pub async fn instance_op(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((rtype, op)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -433,7 +430,7 @@ pub async fn instance_op(
 }
 
 pub async fn update(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -450,7 +447,7 @@ pub async fn update(
 }
 
 pub async fn conditional_update(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -483,7 +480,7 @@ fn criteria(q: &Option<String>, what: &str) -> Result<String, ApiError> {
 }
 
 pub async fn patch(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -500,7 +497,7 @@ pub async fn patch(
 }
 
 pub async fn delete(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -536,7 +533,7 @@ fn delete_response(deleted: Option<VersionRecord>, headers: &HeaderMap) -> Respo
 }
 
 pub async fn conditional_delete(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -570,7 +567,7 @@ async fn run_search(state: &AppState, rtype: &str, p: Pairs, headers: &HeaderMap
 
 /// `GET [base]/Patient/[id]/[type]?…`: search inside a patient's compartment.
 pub async fn search_compartment(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((ctype, id, rtype)): Path<(String, String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -591,7 +588,7 @@ pub async fn search_compartment(
 }
 
 pub async fn search_type(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -600,7 +597,7 @@ pub async fn search_type(
 }
 
 pub async fn search_post(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -638,7 +635,7 @@ async fn history(
 }
 
 pub async fn history_system(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
@@ -653,7 +650,7 @@ pub async fn history_system(
 }
 
 pub async fn history_type(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -663,7 +660,7 @@ pub async fn history_type(
 }
 
 pub async fn history_instance(
-    State(state): State<AppState>,
+    Scoped(state): Scoped,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -680,10 +677,6 @@ pub async fn history_instance(
 }
 
 /// `POST /devices/messages` (the HTTP device source).
-pub async fn device_messages(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
+pub async fn device_messages(Scoped(state): Scoped, headers: HeaderMap, body: Body) -> ApiResult {
     crate::devices::messages(&state, &headers, body).await
 }

@@ -6,11 +6,13 @@
 //! mapping from errors to HTTP statuses with an OperationOutcome ([`error::ApiError`]).
 //! Must not touch: storage or FHIR rules — those live in `salus-service`.
 
+pub mod auth;
 mod capability;
 mod convert;
 pub mod devices;
 pub mod error;
 mod handlers;
+pub mod hardening;
 mod negotiate;
 mod views;
 
@@ -28,6 +30,8 @@ pub struct ApiConfig {
     pub base_url: Option<String>,
     /// Largest request body accepted, in bytes (larger → 413).
     pub max_body_bytes: usize,
+    /// Send `Strict-Transport-Security` (the server speaks TLS).
+    pub hsts: bool,
 }
 
 impl Default for ApiConfig {
@@ -35,6 +39,7 @@ impl Default for ApiConfig {
         ApiConfig {
             base_url: None,
             max_body_bytes: 32 * 1024 * 1024,
+            hsts: false,
         }
     }
 }
@@ -54,6 +59,12 @@ pub struct AppState {
     pub convert_options: Arc<salus_hl7v2::ConvertOptions>,
     /// The HTTP device source (`POST /devices/messages`), when devices are configured.
     pub devices: Option<Arc<devices::DeviceEndpoint>>,
+    /// Verifies bearer tokens; `None`: no authorization (loopback-only mode).
+    pub auth: Option<Arc<dyn salus_service::salus_access::Authenticate>>,
+    /// Where accesses are recorded; `None`: no audit trail.
+    pub audit: Option<salus_service::AuditTrail>,
+    /// Per-client request limits; `None`: unlimited.
+    pub rate_limiter: Option<Arc<hardening::RateLimiter>>,
 }
 
 impl AppState {
@@ -66,7 +77,29 @@ impl AppState {
             hl7_metrics: Arc::default(),
             convert_options: Arc::default(),
             devices: None,
+            auth: None,
+            audit: None,
+            rate_limiter: None,
         }
+    }
+
+    /// Require a valid bearer token on every data path, verified by `auth`; each
+    /// request's service is then scoped to its caller.
+    pub fn with_auth(mut self, auth: Arc<dyn salus_service::salus_access::Authenticate>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Limit each client to `per_second` requests (bursts of `burst`).
+    pub fn with_rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        self.rate_limiter = Some(Arc::new(hardening::RateLimiter::new(per_second, burst)));
+        self
+    }
+
+    /// Record every access in this audit trail.
+    pub fn with_audit(mut self, trail: salus_service::AuditTrail) -> Self {
+        self.audit = Some(trail);
+        self
     }
 
     /// Accept device messages over HTTP, delivering them to this endpoint's sink.
@@ -182,6 +215,14 @@ pub fn router(state: AppState) -> Router {
         .route("/{rtype}/{id}/_history/{vid}", get(vread))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            hardening::harden,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             handlers::observe,

@@ -562,6 +562,7 @@ async fn body_over_the_limit_is_413() {
         Limits::default(),
         ApiConfig {
             max_body_bytes: 1024,
+            hsts: false,
             ..ApiConfig::default()
         },
     );

@@ -47,6 +47,7 @@ pub enum IssueCode {
     Exception,
     Timeout,
     TooCostly,
+    Throttled,
     Informational,
 }
 
@@ -75,6 +76,7 @@ impl IssueCode {
             IssueCode::Exception => "exception",
             IssueCode::Timeout => "timeout",
             IssueCode::TooCostly => "too-costly",
+            IssueCode::Throttled => "throttled",
             IssueCode::Informational => "informational",
         }
     }

@@ -93,7 +93,9 @@ fn is_content_error(e: &FhirError) -> bool {
         | FhirError::NotFound(_)
         | FhirError::Gone(_)
         | FhirError::PreconditionFailed(_)
-        | FhirError::NotSupported(_) => true,
+        | FhirError::NotSupported(_)
+        | FhirError::Unauthorized(_)
+        | FhirError::Forbidden(_) => true,
         FhirError::Conflict(_) | FhirError::Busy(_) | FhirError::Internal(_) => false,
     }
 }
@@ -109,6 +111,8 @@ fn error_kind(e: &FhirError) -> &'static str {
         FhirError::NotSupported(_) => "not-supported",
         FhirError::Conflict(_) => "conflict",
         FhirError::Busy(_) => "busy",
+        FhirError::Unauthorized(_) => "unauthorized",
+        FhirError::Forbidden(_) => "forbidden",
         FhirError::Internal(_) => "internal",
     }
 }

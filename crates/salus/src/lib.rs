@@ -2,6 +2,7 @@
 //! the import tool, `salus view run`, `salus deid`, HL7 v2 intake over MLLP
 //! (`salus convert`, `salus hl7 send`) and demo data. `main.rs` only parses the command line.
 
+pub mod audit;
 pub mod config;
 pub mod deid;
 pub mod demo;

@@ -87,6 +87,23 @@ enum Command {
         #[command(subcommand)]
         command: Hl7Command,
     },
+    /// The audit trail
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit trail's hash chain; exits 1 and names every edited, inserted or deleted record
+    Verify {
+        /// Hide the progress indicator
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +209,16 @@ fn main() -> Result<()> {
             let ok =
                 salus::hl7::convert_cli(&files, out.as_deref(), &config.hl7.convert_options())?;
             if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { quiet, overrides },
+        } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            if !runtime.block_on(salus::audit::verify_cli(&config, !quiet))? {
                 std::process::exit(1);
             }
             Ok(())

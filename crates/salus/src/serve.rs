@@ -156,6 +156,7 @@ pub fn app_state(config: &Config, service: FhirService) -> AppState {
         ApiConfig {
             base_url: config.base_url.clone(),
             max_body_bytes: config.limits.max_body_bytes,
+            hsts: false,
         },
     )
     .with_convert_options(config.hl7.convert_options())
@@ -185,10 +186,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("server error")
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -246,12 +250,21 @@ pub async fn serve(config: Config) -> Result<()> {
         svc.start_reindex()?;
     }
     if !config.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %config.listen,
-            "listening on a non-loopback address WITHOUT authentication: anyone who can reach \
-             this port can read and change every record"
+        // Without authentication anyone who reaches the port could read and change every
+        // record: only loopback is allowed then.
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: anyone who can reach this \
+             address could read and change every record. Configure [auth] (docs/security.md) \
+             or listen on 127.0.0.1",
+            config.listen
         );
     }
+    tracing::warn!(
+        listen = %config.listen,
+        "AUTHENTICATION IS OFF: every request on {} may read and change every record; \
+         this mode is for local development only (configure [auth], docs/security.md)",
+        config.listen
+    );
     // Other processes sharing the database may add, change or retire SearchParameters.
     let sync = svc.clone();
     tokio::spawn(async move {

@@ -30,6 +30,12 @@ pub enum FhirError {
     /// The store is busy; the client may retry (503).
     #[error("server busy: {0}")]
     Busy(String),
+    /// No valid credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's access does not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Anything else (500); details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,6 +78,8 @@ impl FhirError {
                 vec![Issue::error(IssueCode::NotSupported, self.to_string())]
             }
             FhirError::Busy(_) => vec![Issue::error(IssueCode::Transient, "server busy, retry")],
+            FhirError::Unauthorized(_) => vec![Issue::error(IssueCode::Login, self.to_string())],
+            FhirError::Forbidden(_) => vec![Issue::error(IssueCode::Forbidden, self.to_string())],
             FhirError::Internal(_) => vec![Issue::error(
                 IssueCode::Exception,
                 "internal server error; see the server log",
@@ -100,6 +108,7 @@ impl FhirError {
                 FhirError::PreconditionFailed(format!("Bundle.entry[{index}]: {m}"))
             }
             FhirError::Conflict(m) => FhirError::Conflict(format!("Bundle.entry[{index}]: {m}")),
+            FhirError::Forbidden(m) => FhirError::Forbidden(format!("Bundle.entry[{index}]: {m}")),
             FhirError::NotSupported(m) => {
                 FhirError::NotSupported(format!("Bundle.entry[{index}]: {m}"))
             }
@@ -129,6 +138,7 @@ impl From<StoreError> for FhirError {
             )),
             StoreError::Unsupported(m) => FhirError::NotSupported(m),
             StoreError::Busy(m) => FhirError::Busy(m),
+            StoreError::Forbidden(m) => FhirError::Forbidden(m),
             StoreError::Backend(m) => FhirError::Internal(m),
         }
     }
@@ -147,6 +157,8 @@ impl FhirError {
             FhirError::Conflict(_) => 409,
             FhirError::NotSupported(_) => 400,
             FhirError::Busy(_) => 503,
+            FhirError::Unauthorized(_) => 401,
+            FhirError::Forbidden(_) => 403,
             FhirError::Internal(_) => 500,
         };
         (status, salus_fhir::issue::operation_outcome(&self.issues()))

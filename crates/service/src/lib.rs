@@ -8,6 +8,8 @@
 //! Must not touch: HTTP (status codes are described by [`FhirError`], not produced),
 //! SQL, configuration files.
 
+mod access;
+mod audit;
 mod bundle;
 mod devices;
 mod error;
@@ -37,3 +39,8 @@ pub use service::{FhirService, Limits, Return, WriteOutcome};
 pub use views::ViewScope;
 
 pub type Result<T, E = FhirError> = std::result::Result<T, E>;
+pub use audit::{
+    chain_fields, chain_hash, verify_chain, AuditRecord, AuditTrail, ChainProblem, ChainReport,
+    CHAIN_URL,
+};
+pub use salus_access;

@@ -175,6 +175,7 @@ impl FhirService {
 
     /// Start [`FhirService::reindex`] in the background (Conflict while one runs).
     pub fn start_reindex(&self) -> Result<ReindexStatus> {
+        self.require(salus_access::Capability::Admin, "reindexing")?;
         {
             let mut job = self.reindex_job.lock().expect("reindex status");
             if job.state == ReindexState::Running {

@@ -101,8 +101,16 @@ macro_rules! in_tx {
 
 #[derive(Clone)]
 pub struct FhirService {
+    /// The store as this service's caller may use it: the backend itself, or (for a
+    /// [`FhirService::scoped`] service) the backend behind the caller's access guard.
     store: Arc<dyn Store>,
+    /// The backend without any guard: the server's own bookkeeping (audit trail).
+    unguarded: Arc<dyn Store>,
     limits: Limits,
+    /// Who this service acts for.
+    access: salus_access::Access,
+    /// The roles and rules access decisions use.
+    policy: Arc<salus_access::Policy>,
     pub(crate) reindex_job: Arc<std::sync::Mutex<crate::reindex::ReindexStatus>>,
     /// The custom-parameter generation the last completed reindex covered.
     pub(crate) reindexed_generation: Arc<std::sync::atomic::AtomicU64>,
@@ -430,11 +438,63 @@ pub(crate) fn apply_patch(rtype: &str, id: &str, current: &str, patch: &Value) -
 impl FhirService {
     pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
         FhirService {
+            unguarded: store.clone(),
             store,
             limits,
+            access: salus_access::Access::Internal,
+            policy: Arc::new(salus_access::Policy::builtin()),
             reindex_job: Arc::default(),
             reindexed_generation: Arc::default(),
         }
+    }
+
+    /// Use these roles and rules for access decisions.
+    pub fn with_policy(mut self, policy: salus_access::Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    pub fn policy(&self) -> &Arc<salus_access::Policy> {
+        &self.policy
+    }
+
+    /// This service acting for `access`: every read, search, history and write it makes
+    /// is decided by the policy for that caller (see `access.rs`). Cheap: a few `Arc`s.
+    pub fn scoped(&self, access: salus_access::Access) -> FhirService {
+        let mut s = self.clone();
+        s.store = match &access {
+            salus_access::Access::Internal => self.unguarded.clone(),
+            salus_access::Access::Caller(who) => Arc::new(crate::access::GuardedStore {
+                inner: self.unguarded.clone(),
+                guard: Arc::new(crate::access::Guard {
+                    policy: self.policy.clone(),
+                    who: who.clone(),
+                }),
+            }),
+        };
+        s.access = access;
+        s
+    }
+
+    /// Who this service acts for.
+    pub fn access(&self) -> &salus_access::Access {
+        &self.access
+    }
+
+    /// Refuse unless the caller holds `cap` (the server's own calls always do).
+    pub fn require(&self, cap: salus_access::Capability, what: &str) -> Result<()> {
+        match &self.access {
+            salus_access::Access::Internal => Ok(()),
+            salus_access::Access::Caller(who) if self.policy.has_capability(who, cap) => Ok(()),
+            salus_access::Access::Caller(_) => Err(FhirError::Forbidden(format!(
+                "{what} is not permitted for this access token"
+            ))),
+        }
+    }
+
+    /// The backend without the caller's guard, for the server's own records.
+    pub fn unguarded_store(&self) -> &Arc<dyn Store> {
+        &self.unguarded
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

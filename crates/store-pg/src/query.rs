@@ -433,6 +433,15 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
             or_each(q, cs, |q, c| clause(q, c, a, types));
             q.push(")");
         }
+        Clause::All(cs) => {
+            q.push("(TRUE");
+            for c in cs {
+                q.push(" AND (");
+                clause(q, c, a, types);
+                q.push(")");
+            }
+            q.push(")");
+        }
         Clause::Chain {
             param,
             target_types,

@@ -619,6 +619,23 @@ pub async fn typed_clauses(store: Arc<dyn Store>) {
         ])],
     );
     assert_eq!(ids(&store, any).await, vec!["2", "3"]);
+    // AND groups inside an OR (access grants): (id 1 and id 2) or (id 3 and ids 2|3)
+    let groups = query(
+        "TypA",
+        vec![Clause::Any(vec![
+            Clause::All(vec![
+                Clause::Id(vec!["1".into()]),
+                Clause::Id(vec!["2".into()]),
+            ]),
+            Clause::All(vec![
+                Clause::Id(vec!["3".into()]),
+                Clause::Id(vec!["2".into(), "3".into()]),
+            ]),
+        ])],
+    );
+    assert_eq!(ids(&store, groups).await, vec!["3"]);
+    let everything = query("TypA", vec![Clause::All(vec![])]);
+    assert!(ids(&store, everything).await.len() >= 3);
 }
 
 fn refrow(param: &str, t: &str, id: &str) -> IndexRow {

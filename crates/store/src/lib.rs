@@ -35,6 +35,9 @@ pub enum StoreError {
     /// The database is locked or busy beyond the configured timeout.
     #[error("storage busy: {0}")]
     Busy(String),
+    /// The caller may not do this (an access grant wrapped around a store refused it).
+    #[error("{0}")]
+    Forbidden(String),
     /// Any other backend failure; details are logged, not shown to clients.
     #[error("storage failure: {0}")]
     Backend(String),

@@ -375,6 +375,9 @@ pub enum Clause {
     Not(Box<Clause>),
     /// Any of several clauses (OR across parameters, e.g. compartment membership).
     Any(Vec<Clause>),
+    /// Every one of several clauses (an AND group inside an [`Clause::Any`], e.g. one of
+    /// several access grants, each a compartment plus criteria). Empty: always true.
+    All(Vec<Clause>),
     /// Chaining: the resource references (through `param`) a resource of one of
     /// `target_types` (any type when empty) that satisfies every inner clause.
     Chain {

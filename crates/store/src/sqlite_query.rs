@@ -374,6 +374,15 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bo
             or_each(q, cs, |q, c| clause(q, c, a, types, drive));
             q.push(")");
         }
+        Clause::All(cs) => {
+            q.push("(1");
+            for c in cs {
+                q.push(" AND (");
+                clause(q, c, a, types, false);
+                q.push(")");
+            }
+            q.push(")");
+        }
         Clause::Chain {
             param,
             target_types,

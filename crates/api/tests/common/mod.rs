@@ -165,10 +165,15 @@ pub fn app() -> App {
 }
 
 pub fn app_with(limits: Limits, api: ApiConfig) -> App {
+    app_wired(limits, api, |s| s)
+}
+
+/// An app whose state `wire` finishes (auth, audit, …) before the router is built.
+pub fn app_wired(limits: Limits, api: ApiConfig, wire: impl FnOnce(AppState) -> AppState) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
     let (store, pg) = backend(dir.path());
     let service = FhirService::new(store, limits);
-    let state = AppState::new(service, api);
+    let state = wire(AppState::new(service, api));
     App {
         router: router(state.clone()),
         state,
