@@ -565,6 +565,32 @@ async fn run_search(state: &AppState, rtype: &str, p: Pairs, headers: &HeaderMap
     ))
 }
 
+/// `POST [base]/[type]/[id]/$op`: operations on one resource (`Patient/[id]/$purge`).
+pub async fn resource_op(
+    Scoped(state): Scoped,
+    Path((rtype, id, op)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let fmt = response_format(&headers, &pairs(&q))?;
+    match (rtype.as_str(), op.as_str()) {
+        ("Patient", "$purge") => {
+            let counts = state.service.purge_patient(&id).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &salus_service::purge_parameters(&counts),
+                fmt,
+            ))
+        }
+        _ if op.starts_with('$') => Err(ApiError::Fhir(FhirError::NotSupported(format!(
+            "operation {op} on {rtype}/[id] is not supported"
+        )))),
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "POST is not allowed on '/{rtype}/{id}/{op}'"
+        ))),
+    }
+}
+
 /// `GET [base]/Patient/[id]/[type]?…`: search inside a patient's compartment.
 pub async fn search_compartment(
     Scoped(state): Scoped,

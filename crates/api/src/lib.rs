@@ -211,7 +211,10 @@ pub fn router(state: AppState) -> Router {
                 .post(instance_op),
         )
         .route("/{rtype}/{id}/_history", get(history_instance))
-        .route("/{rtype}/{id}/{ctype}", get(search_compartment))
+        .route(
+            "/{rtype}/{id}/{ctype}",
+            get(search_compartment).post(resource_op),
+        )
         .route("/{rtype}/{id}/_history/{vid}", get(vread))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

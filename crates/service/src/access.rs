@@ -381,6 +381,12 @@ impl Store for GuardedStore {
         self.guard.require(Capability::Admin, "reindexing")?;
         self.inner.clear_reindex_pending().await
     }
+
+    async fn compact(&self) -> Result<()> {
+        self.guard
+            .require(Capability::Purge, "compacting the store")?;
+        self.inner.compact().await
+    }
 }
 
 /// A transaction as one caller may use it.
@@ -502,6 +508,11 @@ impl StoreTx for GuardedTx {
         self.inner
             .reindex(rtype, id, version, index, fulltext, contained)
             .await
+    }
+
+    async fn purge(&mut self, rtype: &str, id: &str) -> Result<u64> {
+        self.guard.require(Capability::Purge, "erasing records")?;
+        self.inner.purge(rtype, id).await
     }
 
     async fn lock(&mut self, key: &str) -> Result<()> {

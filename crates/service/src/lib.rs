@@ -15,6 +15,7 @@ mod devices;
 mod error;
 mod import;
 mod index;
+mod purge;
 mod query;
 mod reindex;
 pub mod response;
@@ -43,4 +44,5 @@ pub use audit::{
     chain_fields, chain_hash, verify_chain, AuditRecord, AuditTrail, ChainProblem, ChainReport,
     CHAIN_URL,
 };
+pub use purge::purge_parameters;
 pub use salus_access;

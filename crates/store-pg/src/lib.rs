@@ -599,6 +599,12 @@ impl Store for PgStore {
         Ok(v.as_deref() == Some("1"))
     }
 
+    async fn compact(&self) -> Result<()> {
+        // Deleted tuples stay in the heap until VACUUM reclaims them; autovacuum does
+        // that in the background (docs/security.md: erasure on PostgreSQL).
+        Ok(())
+    }
+
     async fn clear_reindex_pending(&self) -> Result<()> {
         let c = self.conn().await?;
         c.execute("DELETE FROM salus_meta WHERE key = 'reindex_pending'", &[])
@@ -778,6 +784,12 @@ impl StoreTx for PgTx {
             &mut self.pending,
         )
         .await;
+        self.track(r)
+    }
+
+    async fn purge(&mut self, rtype: &str, id: &str) -> Result<u64> {
+        self.flush().await?;
+        let r = write::purge(self.live()?, rtype, id).await;
         self.track(r)
     }
 

@@ -148,6 +148,51 @@ pub(crate) async fn reindex(
     Ok(())
 }
 
+/// Erase a resource: every version, index row, full text and contained row.
+pub(crate) async fn purge(c: &ClientWrapper, rtype: &str, id: &str) -> Result<u64> {
+    let st = prepare(
+        c,
+        "SELECT rid FROM resources WHERE rtype = $1 AND id = $2 FOR UPDATE",
+    )
+    .await?;
+    if let Some(row) = c.query_opt(&st, &[&rtype, &id]).await.map_err(db_err)? {
+        let rid: i64 = col(&row, 0)?;
+        for table in [
+            "idx_token",
+            "idx_string",
+            "idx_reference",
+            "idx_date",
+            "idx_number",
+            "idx_uri",
+        ] {
+            c.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE rid = $1 \
+                     OR rid IN (SELECT -crid FROM contained WHERE rid = $1)"
+                ),
+                &[&rid],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        for sql in [
+            "DELETE FROM fulltext WHERE rid = $1",
+            "DELETE FROM contained WHERE rid = $1",
+            "DELETE FROM resources WHERE rid = $1",
+        ] {
+            c.execute(sql, &[&rid]).await.map_err(db_err)?;
+        }
+    }
+    let n = c
+        .execute(
+            "DELETE FROM resource_versions WHERE rtype = $1 AND id = $2",
+            &[&rtype, &id],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(n)
+}
+
 /// Index rows buffered before a flush, at most (about 250 typical resources).
 const FLUSH_ROWS: usize = 5_000;
 /// Puts queued before a flush, at most.

@@ -65,7 +65,60 @@ pub async fn run_all(store: Arc<dyn Store>) {
     full_text(store.clone()).await;
     reindexing(store.clone()).await;
     contained_resources(store.clone()).await;
+    purge_erases_every_version(store.clone()).await;
     savepoints_undo_only_their_unit(store).await;
+}
+
+/// `purge` removes every version and index row of a resource and nothing else.
+pub async fn purge_erases_every_version(store: Arc<dyn Store>) {
+    put_all(
+        &store,
+        vec![("PrgA", "1", vec![token("code", None, "erase-me")])],
+    )
+    .await;
+    put_all(
+        &store,
+        vec![("PrgA", "1", vec![token("code", None, "erase-me")])],
+    )
+    .await;
+    put_all(
+        &store,
+        vec![("PrgA", "2", vec![token("code", None, "erase-me")])],
+    )
+    .await;
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.purge("PrgA", "1").await.unwrap(), 2);
+    assert_eq!(tx.purge("PrgA", "never").await.unwrap(), 0);
+    tx.commit().await.unwrap();
+    store.compact().await.unwrap();
+    assert!(store.read("PrgA", "1").await.unwrap().is_none());
+    assert!(store.vread("PrgA", "1", 1).await.unwrap().is_none());
+    let hist = store
+        .history(&HistoryQuery {
+            scope: HistoryScope::Instance("PrgA".into(), "1".into()),
+            since: None,
+            before: None,
+            current_from: None,
+            cursor: None,
+            count: 10,
+        })
+        .await
+        .unwrap();
+    assert!(hist.entries.is_empty());
+    let by_code = query(
+        "PrgA",
+        vec![Clause::Token {
+            param: "code".into(),
+            any: vec![TokenMatch {
+                system: None,
+                code: Some("erase-me".into()),
+            }],
+        }],
+    );
+    assert_eq!(ids(&store, by_code).await, vec!["2"]);
+    // the id can be used again from version 1
+    put_all(&store, vec![("PrgA", "1", vec![])]).await;
+    assert_eq!(store.read("PrgA", "1").await.unwrap().unwrap().version, 1);
 }
 
 /// Contained resources are found only by `_contained` searches, through their own rows;

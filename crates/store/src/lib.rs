@@ -100,6 +100,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Record that a full reindex has completed.
     async fn clear_reindex_pending(&self) -> Result<()>;
+
+    /// After an erasure: make sure removed content no longer lingers in the backend's
+    /// files (SQLite: merge the full-text index, checkpoint and truncate the WAL; deleted
+    /// cells are already zeroed by `secure_delete`).
+    async fn compact(&self) -> Result<()>;
 }
 
 /// One atomic unit of work on a [`Store`].
@@ -159,6 +164,11 @@ pub trait StoreTx: Send {
         let _ = key;
         Ok(())
     }
+
+    /// Erase a resource entirely: every version, its index rows, full text and
+    /// contained resources' rows, as if it had never been stored (GDPR erasure,
+    /// `$purge`). Returns the number of versions removed (0: never stored).
+    async fn purge(&mut self, rtype: &str, id: &str) -> Result<u64>;
 
     /// Make every write of this transaction durable and visible.
     async fn commit(self: Box<Self>) -> Result<()>;

@@ -317,7 +317,13 @@ fn configure(conn: &Connection, options: &SqliteOptions, reader: bool) -> Result
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY; \
          PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456; PRAGMA wal_autocheckpoint=16384;{}",
-        if reader { " PRAGMA query_only=1;" } else { "" }
+        // Deleted content (old index rows, erased resources) is overwritten with zeros,
+        // so an erasure leaves no readable trace in the file.
+        if reader {
+            " PRAGMA query_only=1;"
+        } else {
+            " PRAGMA secure_delete=ON;"
+        }
     ))
     .map_err(db_err)?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -609,6 +615,21 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn compact(&self) -> Result<()> {
+        let _lock = self.inner.lock.lock().await;
+        self.inner
+            .writer
+            .call(|c| {
+                // FTS5 keeps deleted rows' terms in its segments until they are merged.
+                c.execute_batch(
+                    "INSERT INTO fulltext(fulltext) VALUES('optimize'); \
+                     PRAGMA wal_checkpoint(TRUNCATE);",
+                )
+                .map_err(db_err)
+            })
+            .await
+    }
+
     async fn counts(&self) -> Result<Vec<(String, u64)>> {
         let r = self.reader()?;
         let mut st = r
@@ -827,6 +848,29 @@ fn delete_index(conn: &Connection, rid: i64) -> Result<()> {
     Ok(())
 }
 
+/// Erase every trace of a resource (see `StoreTx::purge`).
+fn purge_sync(conn: &Connection, rtype: &str, id: &str) -> Result<u64> {
+    let rid: Option<i64> = conn
+        .prepare_cached("SELECT rid FROM resources WHERE rtype = ?1 AND id = ?2")
+        .map_err(db_err)?
+        .query_row(params![rtype, id], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    if let Some(rid) = rid {
+        delete_index(conn, rid)?;
+        conn.prepare_cached("DELETE FROM resources WHERE rid = ?1")
+            .map_err(db_err)?
+            .execute(params![rid])
+            .map_err(db_err)?;
+    }
+    let n = conn
+        .prepare_cached("DELETE FROM resource_versions WHERE rtype = ?1 AND id = ?2")
+        .map_err(db_err)?
+        .execute(params![rtype, id])
+        .map_err(db_err)?;
+    Ok(n as u64)
+}
+
 fn delete_rows(conn: &Connection, rid: i64) -> Result<()> {
     for table in INDEX_TABLES {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
@@ -1009,6 +1053,11 @@ impl StoreTx for SqliteTx {
     async fn release_savepoint(&mut self) -> Result<()> {
         self.call(|c| c.execute_batch("RELEASE unit").map_err(db_err))
             .await
+    }
+
+    async fn purge(&mut self, rtype: &str, id: &str) -> Result<u64> {
+        let (rtype, id) = (rtype.to_string(), id.to_string());
+        self.call(move |c| purge_sync(c, &rtype, &id)).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
