@@ -188,7 +188,24 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         if let Some(pid) = p.patient_context() {
             record.patient = Some(format!("Patient/{pid}"));
         }
-        scoped.service = state.service.scoped(Access::Caller(p.clone()));
+        // Purposes of use the request declares (`system|code`, comma-separated).
+        let purposes: Vec<String> = req
+            .headers()
+            .get_all("x-purpose-of-use")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        scoped.service = match state
+            .service
+            .scoped_with_consent(Access::Caller(p.clone()), &purposes)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return ApiError::Fhir(e).into_response(),
+        };
         req.extensions_mut().insert(p.clone());
     }
     req.extensions_mut().insert(Scoped(scoped));

@@ -529,3 +529,106 @@ async fn operations_read_through_the_same_guard() {
         .await
         .expect_outcome(403);
 }
+
+#[tokio::test]
+async fn a_denying_consent_blocks_that_actor_or_purpose() {
+    let app = secured();
+    seed(&app).await;
+    let consent = |id: &str, patient: &str, provision: Value| {
+        json!({"resourceType": "Consent", "id": id, "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{patient}")},
+            "provision": provision})
+    };
+    // B denies Dr. 1
+    let deny_dr = consent(
+        "c1",
+        "pat-b",
+        json!({"type": "deny", "actor": [{
+        "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+        "reference": {"reference": "Practitioner/dr1"}}]}),
+    );
+    as_(
+        &app,
+        Some("tok-admin"),
+        "PUT",
+        "/Consent/c1",
+        Some(&deny_dr),
+    )
+    .await
+    .expect(201);
+    as_(&app, Some("tok-user"), "GET", "/Patient/pat-b", None)
+        .await
+        .expect_outcome(403);
+    let r = as_(&app, Some("tok-user"), "GET", "/Observation", None)
+        .await
+        .expect(200);
+    no_b(&r, "consent-denied actor");
+    assert_eq!(ids(&r).len(), 2);
+    let r = as_(
+        &app,
+        Some("tok-user"),
+        "GET",
+        "/Observation?_include=Observation:subject&_revinclude=Provenance:target",
+        None,
+    )
+    .await
+    .expect(200);
+    no_b(&r, "consent-denied actor, includes");
+    // an admin (another actor) still sees B
+    as_(&app, Some("tok-admin"), "GET", "/Patient/pat-b", None)
+        .await
+        .expect(200);
+    // A denies research use: a caller declaring that purpose loses A's records
+    let deny_research = consent(
+        "c2",
+        "pat-a",
+        json!({"type": "deny", "purpose": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}),
+    );
+    as_(
+        &app,
+        Some("tok-admin"),
+        "PUT",
+        "/Consent/c2",
+        Some(&deny_research),
+    )
+    .await
+    .expect(201);
+    let r = app
+        .req(
+            "GET",
+            "/Observation",
+            &[
+                ("authorization", "Bearer tok-system"),
+                (
+                    "x-purpose-of-use",
+                    "http://terminology.hl7.org/CodeSystem/v3-ActReason|HRESCH",
+                ),
+            ],
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(ids(&r), vec!["Observation/obs-b"]);
+    let r = as_(&app, Some("tok-system"), "GET", "/Observation", None)
+        .await
+        .expect(200);
+    assert_eq!(ids(&r).len(), 3);
+    // withdrawn consent: access returns
+    let mut withdrawn = deny_dr.clone();
+    withdrawn["status"] = json!("inactive");
+    as_(
+        &app,
+        Some("tok-admin"),
+        "PUT",
+        "/Consent/c1",
+        Some(&withdrawn),
+    )
+    .await
+    .expect(200);
+    as_(&app, Some("tok-user"), "GET", "/Patient/pat-b", None)
+        .await
+        .expect(200);
+}

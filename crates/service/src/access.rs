@@ -25,6 +25,9 @@ use std::sync::Arc;
 pub(crate) struct Guard {
     pub(crate) policy: Arc<Policy>,
     pub(crate) who: Arc<Principal>,
+    /// Patients whose active Consents deny this caller (see `consent.rs`): their
+    /// compartments are cut out of every grant.
+    pub(crate) excluded: Vec<String>,
 }
 
 fn forbidden(msg: impl Into<String>) -> StoreError {
@@ -44,6 +47,23 @@ fn class(rtype: &str) -> TypeClass {
 impl Guard {
     /// `None`: every resource of the type; `Some(clause)`: only those matching it.
     fn grant(&self, i: Interaction, rtype: &str) -> Result<Option<Clause>> {
+        let granted = self.granted(i, rtype)?;
+        if self.excluded.is_empty() || class(rtype) != TypeClass::Compartment {
+            return Ok(granted);
+        }
+        let mut denied = vec![];
+        for p in &self.excluded {
+            denied.push(compartment_clause(rtype, p).map_err(|e| forbidden(e.to_string()))?);
+        }
+        let exclusion = Clause::Not(Box::new(Clause::Any(denied)));
+        Ok(Some(match granted {
+            None => exclusion,
+            Some(c) => Clause::All(vec![c, exclusion]),
+        }))
+    }
+
+    /// What the policy grants, before Consents.
+    fn granted(&self, i: Interaction, rtype: &str) -> Result<Option<Clause>> {
         let grant = self
             .policy
             .decide(&self.who, i, rtype, class(rtype))

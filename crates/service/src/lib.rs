@@ -11,6 +11,7 @@
 mod access;
 mod audit;
 mod bundle;
+mod consent;
 mod devices;
 mod error;
 mod import;

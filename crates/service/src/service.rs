@@ -461,6 +461,33 @@ impl FhirService {
     /// This service acting for `access`: every read, search, history and write it makes
     /// is decided by the policy for that caller (see `access.rs`). Cheap: a few `Arc`s.
     pub fn scoped(&self, access: salus_access::Access) -> FhirService {
+        self.scoped_excluding(access, vec![])
+    }
+
+    /// [`FhirService::scoped`], honouring the active Consents that deny the caller (as
+    /// an actor, or for one of the request's declared `purposes` of use).
+    pub async fn scoped_with_consent(
+        &self,
+        access: salus_access::Access,
+        purposes: &[String],
+    ) -> Result<FhirService> {
+        let excluded = match access.principal() {
+            Some(p) => {
+                self.consent_denials(p.fhir_user.as_deref(), purposes)
+                    .await?
+            }
+            None => vec![],
+        };
+        if !excluded.is_empty() {
+            tracing::debug!(
+                patients = excluded.len(),
+                "consent denials apply to this caller"
+            );
+        }
+        Ok(self.scoped_excluding(access, excluded))
+    }
+
+    fn scoped_excluding(&self, access: salus_access::Access, excluded: Vec<String>) -> FhirService {
         let mut s = self.clone();
         s.store = match &access {
             salus_access::Access::Internal => self.unguarded.clone(),
@@ -469,6 +496,7 @@ impl FhirService {
                 guard: Arc::new(crate::access::Guard {
                     policy: self.policy.clone(),
                     who: who.clone(),
+                    excluded,
                 }),
             }),
         };
