@@ -10,4 +10,5 @@ pub mod devices;
 pub mod hl7;
 pub mod import;
 pub mod serve;
+pub mod tls;
 pub mod views;
