@@ -389,11 +389,10 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 const EXPIRED: &str =
     "This sign-in page has expired or was opened in another browser. Return to the app and start again.";
 
-/// The pending sign-in a form post belongs to, if its cookie and CSRF token match; the
-/// caller gets it locked in the map, under its id.
-fn check_pending(s: &AuthServer, p: &Params, headers: &HeaderMap) -> Result<String, Response> {
+/// The id of the pending sign-in a form post belongs to, if its cookie and CSRF token match.
+fn check_pending(s: &AuthServer, p: &Params, headers: &HeaderMap) -> Option<String> {
     let (Some(id), Some(csrf)) = (p.get("request_id"), p.get("csrf")) else {
-        return Err(error_page(StatusCode::BAD_REQUEST, EXPIRED));
+        return None;
     };
     let cookie = cookie_value(headers).unwrap_or_default();
     let map = s.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -403,9 +402,9 @@ fn check_pending(s: &AuthServer, p: &Params, headers: &HeaderMap) -> Result<Stri
                 && secret::ct_eq(&pending.csrf, csrf)
                 && secret::ct_eq(&pending.session, &cookie) =>
         {
-            Ok(id.to_string())
+            Some(id.to_string())
         }
-        _ => Err(error_page(StatusCode::BAD_REQUEST, EXPIRED)),
+        _ => None,
     }
 }
 
@@ -427,9 +426,8 @@ pub(crate) async fn login(State(s): State<Arc<AuthServer>>, req: Request) -> Res
         Ok(x) => x,
         Err(r) => return r,
     };
-    let id = match check_pending(&s, &p, &headers) {
-        Ok(id) => id,
-        Err(r) => return r,
+    let Some(id) = check_pending(&s, &p, &headers) else {
+        return error_page(StatusCode::BAD_REQUEST, EXPIRED);
     };
     let rerender = |error: &str, status: StatusCode| {
         let map = s.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -516,9 +514,8 @@ pub(crate) async fn consent(State(s): State<Arc<AuthServer>>, req: Request) -> R
         Ok(x) => x,
         Err(r) => return r,
     };
-    let id = match check_pending(&s, &p, &headers) {
-        Ok(id) => id,
-        Err(r) => return r,
+    let Some(id) = check_pending(&s, &p, &headers) else {
+        return error_page(StatusCode::BAD_REQUEST, EXPIRED);
     };
     let (record, redirect_uri, state) = {
         let mut map = s.pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -486,37 +486,30 @@ async fn launch(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Byte
             )
         }
     };
-    let field = |name: &str| -> Result<Option<String>, Response> {
+    let field = |name: &str| -> Result<Option<String>, String> {
         match v.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(id)) => {
-                let id = id
-                    .strip_prefix(if name == "patient" {
-                        "Patient/"
-                    } else {
-                        "Encounter/"
-                    })
-                    .unwrap_or(id);
+                let prefix = if name == "patient" {
+                    "Patient/"
+                } else {
+                    "Encounter/"
+                };
+                let id = id.strip_prefix(prefix).unwrap_or(id);
                 if admin::is_fhir_id(id) {
                     Ok(Some(id.to_string()))
                 } else {
-                    Err(oauth_json(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        &format!("'{name}' is not a FHIR id"),
-                    ))
+                    Err(format!("'{name}' is not a FHIR id"))
                 }
             }
-            Some(_) => Err(oauth_json(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("'{name}' must be a string"),
-            )),
+            Some(_) => Err(format!("'{name}' must be a string")),
         }
     };
     let (patient, encounter) = match (field("patient"), field("encounter")) {
         (Ok(p), Ok(e)) => (p, e),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(m), _) | (_, Err(m)) => {
+            return oauth_json(StatusCode::BAD_REQUEST, "invalid_request", &m)
+        }
     };
     if patient.is_none() && encounter.is_none() {
         return oauth_json(
