@@ -87,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         command: Hl7Command,
     },
+    /// The built-in authorization server: clients, users, signing keys
+    Auth {
+        #[command(subcommand)]
+        command: salus::auth::AuthCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +210,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Auth { command } => runtime.block_on(salus::auth::run_cli(command)),
         Command::View {
             command:
                 ViewCommand::Run {
