@@ -66,6 +66,12 @@ impl SqliteAuthStore {
     pub fn open(path: &Path) -> Result<SqliteAuthStore, StoreError> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        // It holds password and secret hashes: readable by the server's user only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         Self::init(conn)
     }
 

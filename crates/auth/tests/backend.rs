@@ -498,3 +498,50 @@ async fn external_idp_bounds_refetches_and_reports_an_unreachable_idp() {
         Err(AuthError::Unavailable(_))
     ));
 }
+
+#[tokio::test]
+async fn backend_client_registered_by_jwks_uri() {
+    let env = env();
+    let key = es384();
+    let server = idp(json!({"keys": [key.jwk("k1")]})).await;
+    let new = salus_auth::admin::NewClient {
+        name: "Exporter".into(),
+        kind: ClientKind::Asymmetric,
+        redirect_uris: vec![],
+        scope: "system/*.rs".into(),
+        jwks: None,
+        jwks_uri: Some(server.url.clone()),
+    };
+    let client = salus_auth::admin::register_client(env.server.store().as_ref(), new, env.now())
+        .await
+        .unwrap()
+        .client
+        .client_id;
+    let r = client_credentials(
+        &env,
+        &assertion(&key, &client, TOKEN_URL, 240, "u1"),
+        "system/Patient.rs",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = client_credentials(
+        &env,
+        &assertion(&key, &client, TOKEN_URL, 240, "u2"),
+        "system/Patient.rs",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        *server.fetches.lock().unwrap(),
+        1,
+        "the client's JWKS is cached"
+    );
+    // Signed by a key the client never published.
+    let r = client_credentials(
+        &env,
+        &assertion(&es384(), &client, TOKEN_URL, 240, "u3"),
+        "system/Patient.rs",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}

@@ -1027,3 +1027,49 @@ async fn authorize_by_post_works_like_get() {
     // Patients get their own record as context even without launch/patient.
     assert_eq!(t.json()["patient"], "p1");
 }
+
+#[tokio::test]
+async fn failed_logins_from_one_address_are_limited_across_usernames() {
+    let env = env();
+    env.add_user("pat", Some("Patient/p1"), &[]).await;
+    let (client, _) = env.add_client(ClientKind::Public, APP_SCOPE).await;
+    let (_, challenge) = pkce();
+    let s = start(
+        &env,
+        &authorize_url(&client, "openid", Some(&challenge), &[]),
+    )
+    .await;
+    let from = |addr: &str, user: &str, pw: &str| {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("request_id", &s.request_id)
+            .append_pair("csrf", &s.csrf)
+            .append_pair("username", user)
+            .append_pair("password", pw)
+            .finish();
+        let mut req = axum::http::Request::post("/auth/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", &s.cookie)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        req
+    };
+    // 20 failures (4 × login_attempts) from one address, each for a different username.
+    for i in 0..20 {
+        let r = env
+            .send(from("10.0.0.1:5000", &format!("guess{i}"), "wrong-wrong"))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = env
+        .send(from("10.0.0.1:5001", "pat", &password("pat")))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another address is not affected.
+    let r = env
+        .send(from("10.0.0.2:5000", "pat", &password("pat")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}

@@ -440,15 +440,14 @@ pub(crate) async fn login(State(s): State<Arc<AuthServer>>, req: Request) -> Res
     let password = p.get("password").unwrap_or("").to_string();
     let now = s.now();
     let user_key = format!("user:{username}");
-    let ip_key = format!(
-        "ip:{}",
-        addr.map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "unknown".into())
-    );
+    // Without the peer address (a server not started with connect info) only the
+    // per-username limit applies: one shared "unknown" key would let anyone lock out everyone.
+    let ip_key = addr.map(|a| format!("ip:{}", a.ip()));
     let max = s.config.login_attempts.max(1);
-    if !s.limiter.allowed(&user_key, max, now)
-        || !s.limiter.allowed(&ip_key, max.saturating_mul(4), now)
-    {
+    let ip_ok = ip_key
+        .as_deref()
+        .is_none_or(|k| s.limiter.allowed(k, max.saturating_mul(4), now));
+    if !s.limiter.allowed(&user_key, max, now) || !ip_ok {
         return rerender(
             "Too many failed sign-ins. Try again later.",
             StatusCode::TOO_MANY_REQUESTS,
@@ -476,7 +475,9 @@ pub(crate) async fn login(State(s): State<Arc<AuthServer>>, req: Request) -> Res
         (true, Some(u)) => u,
         _ => {
             s.limiter.fail(&user_key, now);
-            s.limiter.fail(&ip_key, now);
+            if let Some(k) = &ip_key {
+                s.limiter.fail(k, now);
+            }
             tracing::info!("failed sign-in");
             return rerender("Invalid username or password.", StatusCode::UNAUTHORIZED);
         }
