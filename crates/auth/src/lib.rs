@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod contract;
 mod html;
 pub mod jws;
 pub mod keys;

@@ -413,56 +413,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn round_trips_and_single_use() {
+    async fn passes_the_contract() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteAuthStore::open_in(dir.path()).unwrap();
-        let c = Client {
-            client_id: "c1".into(),
-            name: "App".into(),
-            kind: ClientKind::Confidential,
-            secret_hash: Some("h".into()),
-            redirect_uris: vec!["https://app/cb".into()],
-            scope: "openid".into(),
-            jwks: Some(serde_json::json!({"keys": []})),
-            jwks_uri: None,
-            created_at: 5,
-        };
-        s.insert_client(&c).await.unwrap();
-        assert!(matches!(
-            s.insert_client(&c).await,
-            Err(StoreError::Exists(_))
-        ));
-        assert_eq!(s.client("c1").await.unwrap(), Some(c.clone()));
-        assert_eq!(s.clients().await.unwrap().len(), 1);
-        let code = CodeRecord {
-            grant: grant(),
-            redirect_uri: "https://app/cb".into(),
-            code_challenge: None,
-            nonce: None,
-            expires_at: 100,
-        };
-        s.put_code("h1", &code).await.unwrap();
-        assert_eq!(s.take_code("h1").await.unwrap(), Some(code));
-        assert_eq!(s.take_code("h1").await.unwrap(), None);
-        let r = RefreshRecord {
-            grant: grant(),
-            expires_at: 100,
-        };
-        s.put_refresh("r1", &r).await.unwrap();
-        assert_eq!(s.refresh("r1").await.unwrap(), Some(r));
-        assert!(s.delete_refresh("r1").await.unwrap());
-        assert!(!s.delete_refresh("r1").await.unwrap());
-        assert!(s.use_assertion_jti("c1", "j", 100).await.unwrap());
-        assert!(!s.use_assertion_jti("c1", "j", 100).await.unwrap());
-        assert!(s.use_assertion_jti("c2", "j", 100).await.unwrap());
-        s.revoke_jti("t", 100).await.unwrap();
-        assert!(s.is_revoked("t").await.unwrap());
-        s.purge_expired(200).await.unwrap();
-        assert!(!s.is_revoked("t").await.unwrap());
-        assert!(s.delete_client("c1").await.unwrap());
+        crate::contract::run_all(&s).await;
         drop(s);
-        // Reopening finds the schema in place.
+        // Reopening finds the schema and the data in place.
         let s = SqliteAuthStore::open_in(dir.path()).unwrap();
-        assert!(s.clients().await.unwrap().is_empty());
+        assert!(s.client("contract-a").await.unwrap().is_some());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(DB_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = SqliteAuthStore::open(&path).err().unwrap();
+        assert!(err.to_string().contains("newer"), "{err}");
     }
 }
