@@ -399,19 +399,6 @@ impl AuthStore for SqliteAuthStore {
 mod tests {
     use super::*;
 
-    fn grant() -> Grant {
-        Grant {
-            client_id: "c1".into(),
-            subject: "alice".into(),
-            scope: "openid".into(),
-            patient: Some("p1".into()),
-            encounter: None,
-            fhir_user: Some("Patient/p1".into()),
-            roles: vec![],
-            auth_time: 1,
-        }
-    }
-
     #[tokio::test]
     async fn passes_the_contract() {
         let dir = tempfile::tempdir().unwrap();
