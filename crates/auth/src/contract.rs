@@ -15,6 +15,7 @@ fn grant(client: &str) -> Grant {
         fhir_user: Some("Patient/p1".into()),
         roles: vec!["clinician".into()],
         auth_time: 7,
+        ehr_launch: true,
     }
 }
 

@@ -31,7 +31,7 @@ pub mod store;
 pub mod verify;
 
 pub use config::{AuthConfig, AuthMode, ExternalIdpConfig};
-pub use server::{router, AuthServer};
+pub use server::{router, AuthServer, SetupError};
 pub use verify::{BuiltinVerifier, ExternalIdp};
 
 use async_trait::async_trait;
@@ -96,11 +96,72 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+impl AuthError {
+    /// The infrastructure failed (answer 503), as opposed to a bad token (answer 401).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AuthError::Unavailable(_))
+    }
+
+    /// A `WWW-Authenticate` value for a 401 (RFC 6750 §3): `error="invalid_token"` with this
+    /// message, or no error code when no token was given.
+    pub fn www_authenticate(&self, realm: &str) -> String {
+        let realm = realm.replace(['"', '\\'], "");
+        match self {
+            AuthError::Missing => format!("Bearer realm=\"{realm}\""),
+            e => format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                e.to_string().replace(['"', '\\'], "'")
+            ),
+        }
+    }
+}
+
 /// Verifies a bearer token and says who is calling.
 #[async_trait]
 pub trait Authenticator: Send + Sync {
     /// `bearer` is the token alone, without the `Bearer ` prefix.
     async fn authenticate(&self, bearer: &str) -> Result<Caller, AuthError>;
+}
+
+/// What `[auth]` sets up: the built-in server (with its routes) or an external provider's
+/// verifier, and in both cases the [`Authenticator`] the API layer asks.
+pub struct Auth {
+    /// The built-in authorization server; None in external mode (no `/auth` routes).
+    pub server: Option<std::sync::Arc<AuthServer>>,
+    pub authenticator: std::sync::Arc<dyn Authenticator>,
+}
+
+impl Auth {
+    /// Opens what `config` asks for: in built-in mode the auth store and signing keys in
+    /// `data_dir` (created on first start); `base_url` is the server's public base URL.
+    pub fn open(
+        config: &AuthConfig,
+        base_url: &str,
+        data_dir: &std::path::Path,
+    ) -> Result<Auth, server::SetupError> {
+        config.validate().map_err(server::SetupError::Config)?;
+        match (config.mode, &config.external) {
+            (AuthMode::External, Some(ext)) => Ok(Auth {
+                server: None,
+                authenticator: std::sync::Arc::new(ExternalIdp::new(
+                    ext.clone(),
+                    std::sync::Arc::new(SystemClock),
+                )),
+            }),
+            _ => {
+                let server = AuthServer::open(config.clone(), base_url, data_dir)?;
+                Ok(Auth {
+                    authenticator: server.authenticator(),
+                    server: Some(server),
+                })
+            }
+        }
+    }
+
+    /// The built-in server's routes (to mount at the server root), or none.
+    pub fn router(&self) -> Option<axum::Router> {
+        self.server.clone().map(router)
+    }
 }
 
 /// The time source: unix seconds. Tests move it forward instead of sleeping.
@@ -134,5 +195,68 @@ impl OffsetClock {
 impl Clock for OffsetClock {
     fn now(&self) -> i64 {
         SystemClock.now() + self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_builtin_or_external() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth =
+            Auth::open(&AuthConfig::default(), "http://localhost:8080/", dir.path()).unwrap();
+        let server = auth.server.as_ref().unwrap();
+        assert_eq!(server.issuer(), "http://localhost:8080");
+        assert_eq!(server.audience(), "http://localhost:8080");
+        assert!(auth.router().is_some());
+        assert!(
+            dir.path().join(keys::KEY_FILE).exists() && dir.path().join(sqlite::DB_FILE).exists()
+        );
+
+        let ext = AuthConfig {
+            mode: AuthMode::External,
+            external: Some(ExternalIdpConfig {
+                issuer: "https://idp".into(),
+                jwks_uri: "https://idp/jwks".into(),
+                audience: "https://fhir".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let other = tempfile::tempdir().unwrap();
+        let auth = Auth::open(&ext, "http://localhost:8080", other.path()).unwrap();
+        assert!(auth.server.is_none() && auth.router().is_none());
+        assert!(!other.path().join(keys::KEY_FILE).exists());
+        let bad = AuthConfig {
+            mode: AuthMode::External,
+            ..Default::default()
+        };
+        assert!(matches!(
+            Auth::open(&bad, "http://x", other.path()),
+            Err(SetupError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn www_authenticate_values() {
+        assert_eq!(
+            AuthError::Missing.www_authenticate("salus"),
+            "Bearer realm=\"salus\""
+        );
+        let v = AuthError::Malformed("bad \"x\"".into()).www_authenticate("salus");
+        assert!(
+            v.starts_with("Bearer realm=\"salus\", error=\"invalid_token\", error_description=\"")
+        );
+        assert!(
+            !v["Bearer realm=\"salus\", error=\"invalid_token\", error_description=\"".len()
+                ..v.len() - 1]
+                .contains('"')
+        );
+        assert!(
+            AuthError::Unavailable("x".into()).is_unavailable()
+                && !AuthError::Expired.is_unavailable()
+        );
     }
 }

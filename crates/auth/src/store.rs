@@ -128,6 +128,9 @@ pub struct Grant {
     pub roles: Vec<String>,
     /// When the user logged in (OIDC `auth_time`).
     pub auth_time: i64,
+    /// Launched from an EHR (`launch`), which shows its own patient banner.
+    #[serde(default)]
+    pub ehr_launch: bool,
 }
 
 /// An issued authorization code (stored under the code's hash).

@@ -796,6 +796,8 @@ async fn ehr_launch_carries_patient_and_encounter() {
         .json();
     assert_eq!(t["patient"], "p7");
     assert_eq!(t["encounter"], "e9");
+    // The EHR shows its own banner.
+    assert_eq!(t["need_patient_banner"], false);
     assert_eq!(t["scope"], "launch openid fhirUser patient/*.rs");
     let caller = env
         .server
@@ -1072,4 +1074,32 @@ async fn failed_logins_from_one_address_are_limited_across_usernames() {
         .send(from("10.0.0.2:5000", "pat", &password("pat")))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test]
+async fn browser_apps_can_read_token_responses_cross_origin() {
+    let env = env();
+    let pre = env
+        .send(
+            axum::http::Request::builder()
+                .method("OPTIONS")
+                .uri("/auth/token")
+                .header("origin", "https://app.test")
+                .header("access-control-request-method", "POST")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT);
+    assert_eq!(pre.header("access-control-allow-origin"), "*");
+    assert!(pre.header("access-control-allow-methods").contains("POST"));
+    let r = env
+        .post_form("/auth/token", &[("grant_type", "authorization_code")], &[])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], "invalid_client");
+    assert_eq!(r.header("access-control-allow-origin"), "*");
+    // The authorization endpoint and the login pages are not for scripts.
+    let r = env.get("/auth/authorize").await;
+    assert_eq!(r.header("access-control-allow-origin"), "");
 }

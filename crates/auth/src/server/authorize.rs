@@ -581,6 +581,7 @@ pub(crate) async fn consent(State(s): State<Arc<AuthServer>>, req: Request) -> R
                 fhir_user: user.fhir_user.clone(),
                 roles: user.roles.clone(),
                 auth_time: pending.auth_time,
+                ehr_launch: launch.is_some(),
             },
             redirect_uri: uri.clone(),
             code_challenge: pending.code_challenge.clone(),

@@ -198,6 +198,10 @@ impl AuthServer {
 
 /// The authorization server's routes, to be mounted at the server root.
 pub fn router(state: Arc<AuthServer>) -> Router {
+    let browser_app_routes = Router::new()
+        .route("/auth/token", post(token::token).options(preflight))
+        .route("/auth/revoke", post(token::revoke).options(preflight))
+        .layer(axum::middleware::map_response(allow_any_origin));
     Router::new()
         .route("/.well-known/smart-configuration", get(smart_configuration))
         .route(
@@ -211,13 +215,40 @@ pub fn router(state: Arc<AuthServer>) -> Router {
         )
         .route("/auth/login", post(authorize::login))
         .route("/auth/consent", post(authorize::consent))
-        .route("/auth/token", post(token::token))
-        .route("/auth/revoke", post(token::revoke))
         .route("/auth/introspect", post(token::introspect))
         .route("/auth/launch", post(launch))
         .route("/auth/clients", post(create_client).get(list_clients))
         .route("/auth/clients/{client_id}", delete(delete_client))
+        .merge(browser_app_routes)
         .with_state(state)
+}
+
+/// Browser apps (public SMART clients) call these from another origin: their answers are
+/// readable from any origin. They never rely on cookies, so this exposes nothing.
+async fn allow_any_origin(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+async fn preflight() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    r
 }
 
 /// Scopes advertised in the well-known documents.

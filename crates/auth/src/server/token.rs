@@ -429,6 +429,7 @@ async fn client_credentials(
         fhir_user: None,
         roles: Vec::new(),
         auth_time: s.now(),
+        ehr_launch: false,
     };
     let mut v = issue(s, &grant, None, None).await?;
     if let Some(o) = v.as_object_mut() {
@@ -508,7 +509,7 @@ async fn issue(
     }
     if let Some(p) = &grant.patient {
         v["patient"] = json!(p);
-        v["need_patient_banner"] = json!(true);
+        v["need_patient_banner"] = json!(!grant.ehr_launch);
     }
     if let Some(e) = &grant.encounter {
         v["encounter"] = json!(e);
