@@ -301,3 +301,104 @@ pub async fn run_cli(command: AuthCommand) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(dir: &std::path::Path) -> Overrides {
+        Overrides {
+            data_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn clients_and_keys_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        run_cli(AuthCommand::Client {
+            command: ClientCommand::Add {
+                name: "App".into(),
+                redirect_uris: vec!["https://app.test/cb".into()],
+                scope: "openid patient/*.rs".into(),
+                public: false,
+                confidential: true,
+                jwks: None,
+                jwks_uri: None,
+                overrides: at(dir.path()),
+            },
+        })
+        .await
+        .unwrap();
+        let clients = SqliteAuthStore::open_in(dir.path())
+            .unwrap()
+            .clients()
+            .await
+            .unwrap();
+        assert_eq!(clients.len(), 1);
+        assert_eq!(clients[0].kind, ClientKind::Confidential);
+        assert!(clients[0].secret_hash.is_some());
+
+        // A bad redirect URI is a readable error, and nothing is stored.
+        let err = run_cli(AuthCommand::Client {
+            command: ClientCommand::Add {
+                name: "Bad".into(),
+                redirect_uris: vec!["relative/cb".into()],
+                scope: "openid".into(),
+                public: true,
+                confidential: false,
+                jwks: None,
+                jwks_uri: None,
+                overrides: at(dir.path()),
+            },
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("redirect URI"), "{err}");
+        assert_eq!(
+            SqliteAuthStore::open_in(dir.path())
+                .unwrap()
+                .clients()
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = run_cli(AuthCommand::Client {
+            command: ClientCommand::Remove {
+                client_id: "nope".into(),
+                overrides: at(dir.path()),
+            },
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("no client"));
+
+        let key = |command| run_cli(AuthCommand::Key { command });
+        key(KeyCommand::Rotate {
+            overrides: at(dir.path()),
+        })
+        .await
+        .unwrap();
+        let ring = KeyRing::load_or_create(dir.path(), 0).unwrap();
+        assert_eq!(ring.keys().len(), 2);
+        let old = ring.keys()[1].kid.clone();
+        let current = ring.signer().kid.clone();
+        assert!(key(KeyCommand::Drop {
+            kid: current,
+            overrides: at(dir.path())
+        })
+        .await
+        .is_err());
+        key(KeyCommand::Drop {
+            kid: old,
+            overrides: at(dir.path()),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            KeyRing::load_or_create(dir.path(), 0).unwrap().keys().len(),
+            1
+        );
+    }
+}
