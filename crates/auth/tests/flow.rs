@@ -390,6 +390,12 @@ async fn bad_client_or_redirect_shows_an_error_page_and_never_redirects() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.header("location").is_empty());
     assert!(r.text().contains("redirect_uri is not registered"));
+    let url = authorize_url(&client, "openid", Some(&challenge), &[])
+        .replace("redirect_uri=https%3A%2F%2Fapp.test%2Fcallback", "");
+    let r = env.get(&url).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.header("location").is_empty());
+    assert!(r.text().contains("no redirect_uri"));
     let r = env
         .get(&authorize_url(
             "no-such-client",

@@ -126,13 +126,8 @@ async fn authorize(s: &AuthServer, p: Params, status: StatusCode) -> Response {
                 "The redirect_uri is not registered for this client.",
             )
         }
-        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
-        None => {
-            return error_page(
-                StatusCode::BAD_REQUEST,
-                "The request has no redirect_uri, and the client has several registered.",
-            )
-        }
+        // SMART App Launch requires it (and then the token request must repeat it).
+        None => return error_page(StatusCode::BAD_REQUEST, "The request has no redirect_uri."),
     };
     // From here on the redirect URI is known-good: errors go back to the app.
     let state = p.get("state");
