@@ -877,6 +877,25 @@ async fn client_registration_api_requires_admin() {
         .unwrap()
         .contains("redirect URI"));
 
+    // RFC 7591 field names work too.
+    let rfc = json!({"client_name": "Portal", "token_endpoint_auth_method": "none", "redirect_uris": ["https://portal.test/cb"], "scope": "openid", "grant_types": ["authorization_code"]});
+    let r = env.post_json("/auth/clients", &rfc, Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["type"], "public");
+    assert!(r.json().get("client_secret").is_none());
+    let r = env
+        .post_json(
+            "/auth/clients",
+            &json!({"client_name": "x", "scope": "openid"}),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("type"));
+
     let list = env
         .send(
             axum::http::Request::get("/auth/clients")

@@ -421,6 +421,57 @@ fn store_failure(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// A registration request: our own fields (`name`, `type`) or their RFC 7591 §2
+/// counterparts (`client_name`, `token_endpoint_auth_method`); other RFC 7591 metadata
+/// (`grant_types`, `response_types`, …) is accepted and ignored.
+#[derive(serde::Deserialize)]
+struct Registration {
+    #[serde(alias = "client_name")]
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    token_endpoint_auth_method: Option<String>,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    scope: Option<String>,
+    jwks: Option<Value>,
+    jwks_uri: Option<String>,
+}
+
+impl Registration {
+    fn into_new_client(self) -> Result<admin::NewClient, String> {
+        use crate::store::ClientKind;
+        let kind = match (
+            self.kind.as_deref(),
+            self.token_endpoint_auth_method.as_deref(),
+        ) {
+            (Some(k), _) => ClientKind::parse(k)
+                .ok_or_else(|| format!("type '{k}' is not public, confidential or asymmetric"))?,
+            (None, Some("none")) => ClientKind::Public,
+            (None, Some("client_secret_basic" | "client_secret_post")) => ClientKind::Confidential,
+            (None, Some("private_key_jwt")) => ClientKind::Asymmetric,
+            (None, Some(m)) => {
+                return Err(format!("token_endpoint_auth_method '{m}' is not supported"))
+            }
+            (None, None) => {
+                return Err("give the client's type (or token_endpoint_auth_method)".into())
+            }
+        };
+        Ok(admin::NewClient {
+            name: self
+                .name
+                .ok_or("a client needs a name (name or client_name)")?,
+            kind,
+            redirect_uris: self.redirect_uris,
+            scope: self
+                .scope
+                .ok_or("a client needs its allowed scopes (scope)")?,
+            jwks: self.jwks,
+            jwks_uri: self.jwks_uri,
+        })
+    }
+}
+
 /// `POST /auth/clients`: register a client (admin only). The secret is shown once.
 async fn create_client(
     State(s): State<Arc<AuthServer>>,
@@ -430,15 +481,12 @@ async fn create_client(
     if let Err(r) = require_admin(&s, &headers).await {
         return r;
     }
-    let new: admin::NewClient = match serde_json::from_slice(&body) {
+    let new = match serde_json::from_slice::<Registration>(&body)
+        .map_err(|e| format!("the client description is not valid: {e}"))
+        .and_then(Registration::into_new_client)
+    {
         Ok(n) => n,
-        Err(e) => {
-            return oauth_json(
-                StatusCode::BAD_REQUEST,
-                "invalid_client_metadata",
-                &format!("the client description is not valid: {e}"),
-            )
-        }
+        Err(m) => return oauth_json(StatusCode::BAD_REQUEST, "invalid_client_metadata", &m),
     };
     match admin::register_client(s.store.as_ref(), new, s.now()).await {
         Ok(reg) => {
