@@ -380,6 +380,40 @@ async fn expired_code_is_rejected() {
 }
 
 #[tokio::test]
+async fn public_client_may_identify_itself_with_an_empty_basic_secret() {
+    let env = env();
+    env.add_user("pat", Some("Patient/p1"), &[]).await;
+    let (client, _) = env.add_client(ClientKind::Public, APP_SCOPE).await;
+    let (verifier, challenge) = pkce();
+    let code = code_for(&env, &client, "pat", "openid", Some(&challenge)).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let wrong = env
+        .post_form(
+            "/auth/token",
+            &form,
+            &[("authorization", &basic(&client, "guess"))],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let code = code_for(&env, &client, "pat", "openid", Some(&challenge)).await;
+    let mut form = form;
+    form[1].1 = code.as_str();
+    let r = env
+        .post_form(
+            "/auth/token",
+            &form,
+            &[("authorization", &basic(&client, ""))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test]
 async fn bad_client_or_redirect_shows_an_error_page_and_never_redirects() {
     let env = env();
     let (client, _) = env.add_client(ClientKind::Public, APP_SCOPE).await;

@@ -148,7 +148,10 @@ pub(crate) async fn authenticate_client(
     };
     let client = if let Some((id, sec)) = basic {
         let c = lookup(id).await?;
-        check_secret(&c, sec).await?;
+        // Some client libraries identify a public client as `Basic base64(client_id:)`.
+        if !(c.kind == ClientKind::Public && sec.is_empty()) {
+            check_secret(&c, sec).await?;
+        }
         c
     } else if let Some(sec) = post_secret {
         let id = p
