@@ -158,8 +158,15 @@ async fn authorize(s: &AuthServer, p: Params, status: StatusCode) -> Response {
     let Some(state) = state else {
         return fail("invalid_request", "state is required");
     };
+    // Bounds keep what a pending sign-in holds small (anyone can start one).
     if state.len() > 2048 {
         return fail("invalid_request", "state is too long");
+    }
+    if p.get("nonce").is_some_and(|n| n.len() > 512) {
+        return fail("invalid_request", "nonce is too long");
+    }
+    if p.get("scope").is_some_and(|sc| sc.len() > 4096) {
+        return fail("invalid_scope", "scope is too long");
     }
     // SMART App Launch 2.x: aud is the FHIR base URL the app wants to talk to.
     match p.get("aud") {
@@ -478,6 +485,7 @@ pub(crate) async fn login(State(s): State<Arc<AuthServer>>, req: Request) -> Res
         }
     };
     s.limiter.reset(&user_key);
+    tracing::info!(user = %user.username, "signed in");
     let mut map = s.pending.lock().unwrap_or_else(|p| p.into_inner());
     let Some(pending) = map.get_mut(&id) else {
         return error_page(StatusCode::BAD_REQUEST, EXPIRED);

@@ -501,6 +501,7 @@ async fn issue(
         });
         (access, id)
     };
+    tracing::info!(client_id = %grant.client_id, sub = %grant.subject, scope = %grant.scope, "access token issued");
     let mut v = json!({
         "access_token": access_token,
         "token_type": "Bearer",
