@@ -31,7 +31,7 @@ pub mod store;
 pub mod verify;
 
 pub use config::{AuthConfig, AuthMode, ExternalIdpConfig};
-pub use server::{router, AuthServer, SetupError};
+pub use server::{router, AuthServer, PatientDirectory, SetupError};
 pub use verify::{BuiltinVerifier, ExternalIdp};
 
 use async_trait::async_trait;

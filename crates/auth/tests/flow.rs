@@ -1162,3 +1162,72 @@ async fn browser_apps_can_read_token_responses_cross_origin() {
     let r = env.get("/auth/authorize").await;
     assert_eq!(r.header("access-control-allow-origin"), "");
 }
+
+struct OnlyP42;
+
+#[async_trait::async_trait]
+impl salus_auth::PatientDirectory for OnlyP42 {
+    async fn exists(&self, id: &str) -> bool {
+        id == "p42"
+    }
+}
+
+#[tokio::test]
+async fn typed_and_launched_patients_are_checked_against_the_directory() {
+    let env = env();
+    env.server
+        .set_patient_directory(std::sync::Arc::new(OnlyP42));
+    env.add_user("doc", Some("Practitioner/d1"), &["clinician"])
+        .await;
+    let (client, _) = env.add_client(ClientKind::Public, APP_SCOPE).await;
+    let (verifier, challenge) = pkce();
+    let s = start(
+        &env,
+        &authorize_url(
+            &client,
+            "launch/patient patient/*.rs",
+            Some(&challenge),
+            &[],
+        ),
+    )
+    .await;
+    login(&env, &s, "doc", &password("doc")).await;
+    let r = consent(
+        &env,
+        &s,
+        &["launch/patient", "patient/*.rs"],
+        &[("patient", "p7")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("There is no patient with that id."));
+    let r = consent(
+        &env,
+        &s,
+        &["launch/patient", "patient/*.rs"],
+        &[("patient", "p42")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let t = exchange(&env, &client, &r.location_param("code").unwrap(), &verifier)
+        .await
+        .json();
+    assert_eq!(t["patient"], "p42");
+
+    let doc = user_token(&env, "doc", "openid").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = env
+        .post_json("/auth/launch", &json!({"patient": "p7"}), Some(&doc))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("Patient/p7"));
+    let r = env
+        .post_json("/auth/launch", &json!({"patient": "p42"}), Some(&doc))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}

@@ -521,6 +521,17 @@ pub(crate) async fn consent(State(s): State<Arc<AuthServer>>, req: Request) -> R
     let Some(id) = check_pending(&s, &p, &headers) else {
         return error_page(StatusCode::BAD_REQUEST, EXPIRED);
     };
+    // A patient id a staff user typed: checked against the directory, when there is one,
+    // before the pending sign-in is locked.
+    let typed = p
+        .get("patient")
+        .map(str::trim)
+        .filter(|pid| admin::is_fhir_id(pid))
+        .map(str::to_string);
+    let typed_known = match (&typed, s.patients.get()) {
+        (Some(pid), Some(dir)) => dir.exists(pid).await,
+        _ => true,
+    };
     let (record, redirect_uri, state) = {
         let mut map = s.pending.lock().unwrap_or_else(|p| p.into_inner());
         let Some(pending) = map.get(&id) else {
@@ -564,9 +575,13 @@ pub(crate) async fn consent(State(s): State<Arc<AuthServer>>, req: Request) -> R
             if let Some(own) = user.patient_id() {
                 patient = Some(own.to_string());
             } else if chosen.iter().any(|c| c == "launch/patient") {
-                match p.get("patient").map(str::trim) {
-                    Some(pid) if admin::is_fhir_id(pid) => patient = Some(pid.to_string()),
-                    _ => {
+                match typed.as_deref() {
+                    Some(pid) if typed_known => patient = Some(pid.to_string()),
+                    Some(_) => {
+                        let msg = "There is no patient with that id.";
+                        return consent_page(&id, pending, &user, Some(msg), &s);
+                    }
+                    None => {
                         let msg =
                             "Enter the id of the patient to open (letters, digits, '-' and '.').";
                         return consent_page(&id, pending, &user, Some(msg), &s);

@@ -42,6 +42,13 @@ const PENDING_SECS: i64 = 600;
 /// At most this many sign-ins in progress (pages served, not yet finished).
 const MAX_PENDING: usize = 10_000;
 
+/// Where patient ids typed by staff (consent page) or given to `/auth/launch` are checked.
+/// The binary backs it with a FHIR read; without one, any well-formed id is accepted.
+#[async_trait::async_trait]
+pub trait PatientDirectory: Send + Sync {
+    async fn exists(&self, patient_id: &str) -> bool;
+}
+
 /// The authorization server's shared state.
 pub struct AuthServer {
     pub(crate) config: AuthConfig,
@@ -55,6 +62,7 @@ pub struct AuthServer {
     pub(crate) limiter: RateLimiter,
     pub(crate) http: reqwest::Client,
     pub(crate) client_jwks: Mutex<HashMap<String, Arc<JwksCache>>>,
+    pub(crate) patients: std::sync::OnceLock<Arc<dyn PatientDirectory>>,
     last_purge: AtomicI64,
 }
 
@@ -128,8 +136,14 @@ impl AuthServer {
             pending: Mutex::new(HashMap::new()),
             http,
             client_jwks: Mutex::new(HashMap::new()),
+            patients: std::sync::OnceLock::new(),
             last_purge: AtomicI64::new(0),
         })
+    }
+
+    /// Check patient ids against `directory` from now on (once; later calls are ignored).
+    pub fn set_patient_directory(&self, directory: Arc<dyn PatientDirectory>) {
+        let _ = self.patients.set(directory);
     }
 
     /// The verifier of this server's access tokens, for the API layer.
@@ -590,6 +604,15 @@ async fn launch(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Byte
             return oauth_json(StatusCode::BAD_REQUEST, "invalid_request", &m)
         }
     };
+    if let (Some(pid), Some(dir)) = (&patient, s.patients.get()) {
+        if !dir.exists(pid).await {
+            return oauth_json(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("there is no Patient/{pid}"),
+            );
+        }
+    }
     if patient.is_none() && encounter.is_none() {
         return oauth_json(
             StatusCode::BAD_REQUEST,
