@@ -3,9 +3,9 @@
 library (Authlib): authorization code + PKCE through the login and consent forms, refresh with
 rotation, revocation, introspection, and SMART Backend Services with an RS384 client assertion.
 
-    python3 -m venv /tmp/v && /tmp/v/bin/pip install authlib requests
+    python3 -m venv .venv-auth && .venv-auth/bin/pip install authlib requests
     cargo build -p salus-auth --example auth_demo
-    /tmp/v/bin/python tests/auth/smart_client.py target/debug/examples/auth_demo
+    .venv-auth/bin/python tests/auth/smart_client.py target/debug/examples/auth_demo
 """
 import json, re, subprocess, sys, tempfile, time, os, socket
 
