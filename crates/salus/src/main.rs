@@ -87,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         command: Hl7Command,
     },
+    /// The built-in authorization server: clients, users, signing keys
+    Auth {
+        #[command(subcommand)]
+        command: salus::auth::AuthCommand,
+    },
     /// The audit trail
     Audit {
         #[command(subcommand)]
@@ -232,6 +237,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Auth { command } => runtime.block_on(salus::auth::run_cli(command)),
         Command::View {
             command:
                 ViewCommand::Run {
