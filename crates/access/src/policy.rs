@@ -2,7 +2,7 @@
 //! if only partly, which resources.
 
 use crate::scope::{parse_scopes, Context, Interaction, Permissions, Scope, ScopeError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Who is calling, as a verified token describes them.
@@ -143,7 +143,7 @@ pub enum Grant {
 pub struct Denied(pub String);
 
 /// Things beyond per-type permissions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Capability {
     /// Server administration: `$reindex`, clients, custom SearchParameters' reindexing.
@@ -158,7 +158,7 @@ pub enum Capability {
 
 /// A staff role's rule: these interactions on these types, optionally only on
 /// resources matching `criteria`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Resource types, or `*`.
@@ -171,7 +171,7 @@ pub struct RuleConfig {
 }
 
 /// A staff role as configured (`[[access.roles]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleConfig {
     pub name: String,
@@ -182,7 +182,7 @@ pub struct RoleConfig {
 }
 
 /// The `[access]` section of the configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {
     /// Roles added to (or replacing, by name) the built-in ones.

@@ -149,11 +149,37 @@ pub async fn metadata(
 ) -> ApiResult {
     let fmt = response_format(&headers, &pairs(&q))?;
     let base = base_url(&state, &headers);
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::capability::capability_statement(&base, state.service.store().backend()),
-        fmt,
-    ))
+    let mut statement =
+        crate::capability::capability_statement(&base, state.service.store().backend());
+    if let Some(smart) = &state.config.smart {
+        // SMART App Launch 2.0 conformance.html: the oauth-uris extension and service.
+        let mut uris = vec![
+            serde_json::json!({"url": "authorize", "valueUri": smart.authorize}),
+            serde_json::json!({"url": "token", "valueUri": smart.token}),
+        ];
+        if let Some(r) = &smart.revoke {
+            uris.push(serde_json::json!({"url": "revoke", "valueUri": r}));
+        }
+        if let Some(i) = &smart.introspect {
+            uris.push(serde_json::json!({"url": "introspect", "valueUri": i}));
+        }
+        if let Some(rest) = statement
+            .get_mut("rest")
+            .and_then(|r| r.get_mut(0))
+            .and_then(Value::as_object_mut)
+        {
+            rest.insert(
+                "security".into(),
+                serde_json::json!({
+                    "cors": true,
+                    "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                    "description": "SMART on FHIR v2 access tokens (Bearer) from this server's authorization server; see /.well-known/smart-configuration",
+                    "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris", "extension": uris}]
+                }),
+            );
+        }
+    }
+    Ok(json_response(StatusCode::OK, &statement, fmt))
 }
 
 pub async fn health(State(state): State<AppState>) -> Response {

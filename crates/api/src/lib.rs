@@ -32,6 +32,18 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Send `Strict-Transport-Security` (the server speaks TLS).
     pub hsts: bool,
+    /// The SMART authorization endpoints `/metadata` advertises (`rest.security`), when
+    /// the built-in authorization server runs.
+    pub smart: Option<SmartEndpoints>,
+}
+
+/// OAuth endpoints for the CapabilityStatement's SMART `oauth-uris` extension.
+#[derive(Debug, Clone)]
+pub struct SmartEndpoints {
+    pub authorize: String,
+    pub token: String,
+    pub revoke: Option<String>,
+    pub introspect: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -40,6 +52,7 @@ impl Default for ApiConfig {
             base_url: None,
             max_body_bytes: 32 * 1024 * 1024,
             hsts: false,
+            smart: None,
         }
     }
 }

@@ -563,6 +563,7 @@ async fn body_over_the_limit_is_413() {
         ApiConfig {
             max_body_bytes: 1024,
             hsts: false,
+            smart: None,
             ..ApiConfig::default()
         },
     );

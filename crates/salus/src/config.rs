@@ -64,6 +64,10 @@ pub struct LimitsConfig {
     pub max_bundle_entries: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Requests per second each client may send (sustained); 0: unlimited.
+    pub rate_per_second: f64,
+    /// Requests a client may send in a burst above the sustained rate.
+    pub rate_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -73,6 +77,8 @@ impl Default for LimitsConfig {
             max_count: 1000,
             max_bundle_entries: 10_000,
             max_body_bytes: 32 * 1024 * 1024,
+            rate_per_second: 0.0,
+            rate_burst: 200,
         }
     }
 }
@@ -145,6 +151,31 @@ pub struct Config {
     pub hl7: Hl7Config,
     /// Remote patient monitoring (`[devices]`, docs/devices.md); off unless templates are set.
     pub devices: crate::devices::DevicesConfig,
+    /// Authorization (`[auth]`, docs/security.md): the built-in SMART authorization server
+    /// or an external identity provider. Absent: no authentication, loopback only.
+    pub auth: Option<salus_auth::AuthConfig>,
+    /// Staff roles and their rules (`[access]`), added to the built-in ones.
+    pub access: salus_service::salus_access::AccessConfig,
+    /// The audit trail (`[audit]`).
+    pub audit: AuditConfig,
+    /// HTTPS (`[tls]`): certificate chain and private key, PEM.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Record every access as an AuditEvent. Default: on whenever auth is on.
+    pub enabled: Option<bool>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for Config {
@@ -159,6 +190,10 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             hl7: Hl7Config::default(),
             devices: Default::default(),
+            auth: None,
+            access: Default::default(),
+            audit: Default::default(),
+            tls: None,
         }
     }
 }
@@ -197,6 +232,26 @@ pub struct Overrides {
     /// Also accept HL7 v2 messages over MLLP on this address (off when unset)
     #[arg(long, env = "SALUS_HL7_MLLP_LISTEN", value_name = "ADDR:PORT")]
     pub mllp_listen: Option<SocketAddr>,
+    /// Require SMART on FHIR access tokens, from the built-in authorization server (unless
+    /// the file's [auth] names an external provider)
+    #[arg(long, env = "SALUS_AUTH")]
+    pub auth: bool,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS
+    #[arg(
+        long,
+        env = "SALUS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(
+        long,
+        env = "SALUS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -241,6 +296,15 @@ impl Config {
         if let Some(v) = o.mllp_listen {
             c.hl7.mllp_listen = Some(v);
         }
+        if o.auth && c.auth.is_none() {
+            c.auth = Some(Default::default());
+        }
+        if let (Some(cert), Some(key)) = (&o.tls_cert, &o.tls_key) {
+            c.tls = Some(TlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            });
+        }
         c.validate()?;
         Ok(c)
     }
@@ -273,6 +337,17 @@ impl Config {
             }
         }
         self.hl7.validate(self.listen)?;
+        if let Some(a) = &self.auth {
+            a.validate().map_err(|e| anyhow::anyhow!(e))?;
+        }
+        salus_service::salus_access::Policy::from_config(&self.access)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.limits.rate_per_second < 0.0 || !self.limits.rate_per_second.is_finite() {
+            bail!("limits.rate_per_second must be 0 (unlimited) or a positive number");
+        }
+        if self.audit.enabled == Some(false) && self.auth.is_some() {
+            tracing::warn!("audit.enabled = false: accesses to patient data are NOT recorded");
+        }
         Ok(())
     }
 }

@@ -151,15 +151,111 @@ pub async fn reindex_cli(config: &Config, progress: bool) -> Result<u64> {
 
 /// The application state for a configuration.
 pub fn app_state(config: &Config, service: FhirService) -> AppState {
-    AppState::new(
+    let mut state = AppState::new(
         service,
         ApiConfig {
             base_url: config.base_url.clone(),
             max_body_bytes: config.limits.max_body_bytes,
-            hsts: false,
+            hsts: config.tls.is_some(),
+            smart: None,
         },
     )
-    .with_convert_options(config.hl7.convert_options())
+    .with_convert_options(config.hl7.convert_options());
+    if config.limits.rate_per_second > 0.0 {
+        state = state.with_rate_limit(config.limits.rate_per_second, config.limits.rate_burst);
+    }
+    state
+}
+
+/// The public base URL: configured, else derived from the listen address.
+pub fn public_base(config: &Config) -> String {
+    match &config.base_url {
+        Some(b) => b.trim_end_matches('/').to_string(),
+        None => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", config.listen)
+        }
+    }
+}
+
+/// A verified `salus-auth` caller as the access policy's principal.
+struct AuthAdapter(Arc<dyn salus_auth::Authenticator>);
+
+#[async_trait::async_trait]
+impl salus_service::salus_access::Authenticate for AuthAdapter {
+    async fn authenticate(
+        &self,
+        bearer: &str,
+    ) -> std::result::Result<
+        salus_service::salus_access::Principal,
+        salus_service::salus_access::AuthFailure,
+    > {
+        use salus_service::salus_access::{AuthFailure, Principal};
+        let c = self
+            .0
+            .authenticate(bearer)
+            .await
+            .map_err(|e| AuthFailure(e.to_string()))?;
+        let mut p = Principal::new(c.subject, c.scope)
+            .map_err(|e| AuthFailure(format!("the token's scope is not valid: {e}")))?;
+        p.client_id = c.client_id;
+        p.patient = c.patient;
+        p.fhir_user = c.fhir_user;
+        p.roles = c.roles;
+        p.token_id = c.token_id;
+        Ok(p)
+    }
+}
+
+/// Patient ids typed on the consent page or given to `/auth/launch` must exist.
+struct Patients(FhirService);
+
+#[async_trait::async_trait]
+impl salus_auth::PatientDirectory for Patients {
+    async fn exists(&self, patient_id: &str) -> bool {
+        matches!(self.0.read("Patient", patient_id).await, Ok(r) if !r.is_deleted())
+    }
+}
+
+/// Turn on authorization (and, unless disabled, the audit trail) for `state`: returns
+/// the authorization server's routes to serve beside the FHIR API.
+pub fn secure_state(
+    config: &Config,
+    state: AppState,
+    svc: &FhirService,
+) -> Result<(AppState, Option<axum::Router>)> {
+    let Some(auth_config) = &config.auth else {
+        let mut state = state;
+        if config.audit.enabled == Some(true) {
+            state = state.with_audit(salus_service::AuditTrail::start(svc.clone()));
+        }
+        return Ok((state, None));
+    };
+    let base = public_base(config);
+    let auth = salus_auth::Auth::open(auth_config, &base, &config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot set up authorization: {e}"))?;
+    if let Some(server) = &auth.server {
+        server.set_patient_directory(Arc::new(Patients(svc.clone())));
+    }
+    let mut state = state.with_auth(Arc::new(AuthAdapter(auth.authenticator.clone())));
+    if auth.server.is_some() {
+        let mut api = (*state.config).clone();
+        api.smart = Some(salus_api::SmartEndpoints {
+            authorize: format!("{base}/auth/authorize"),
+            token: format!("{base}/auth/token"),
+            revoke: Some(format!("{base}/auth/revoke")),
+            introspect: Some(format!("{base}/auth/introspect")),
+        });
+        state.config = Arc::new(api);
+    }
+    if config.audit.enabled != Some(false) {
+        state = state.with_audit(salus_service::AuditTrail::start(svc.clone()));
+    }
+    Ok((state, auth.router()))
 }
 
 /// Serve HL7 v2 over MLLP on `listener` until `shutdown` completes; the message in
@@ -186,9 +282,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    run_router(router(state), listener, None, shutdown).await
+}
+
+/// Serve `app` (over TLS when `tls` is given) until `shutdown` completes.
+pub async fn run_router(
+    app: axum::Router,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if let Some(tls) = tls {
+        return crate::tls::serve(app, listener, tls, shutdown).await;
+    }
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -249,22 +358,28 @@ pub async fn serve(config: Config) -> Result<()> {
         );
         svc.start_reindex()?;
     }
-    if !config.listen.ip().is_loopback() {
-        // Without authentication anyone who reaches the port could read and change every
-        // record: only loopback is allowed then.
-        anyhow::bail!(
-            "refusing to listen on {} without authentication: anyone who can reach this \
-             address could read and change every record. Configure [auth] (docs/security.md) \
-             or listen on 127.0.0.1",
+    if config.auth.is_none() {
+        if !config.listen.ip().is_loopback() {
+            // Without authentication anyone who reaches the port could read and change
+            // every record: only loopback is allowed then.
+            anyhow::bail!(
+                "refusing to listen on {} without authentication: anyone who can reach this \
+                 address could read and change every record. Start with --auth (or an [auth] \
+                 table, docs/security.md) or listen on 127.0.0.1",
+                config.listen
+            );
+        }
+        tracing::warn!(
+            listen = %config.listen,
+            "AUTHENTICATION IS OFF: every request on {} may read and change every record; \
+             this mode is for local development only (start with --auth, docs/security.md)",
             config.listen
         );
     }
-    tracing::warn!(
-        listen = %config.listen,
-        "AUTHENTICATION IS OFF: every request on {} may read and change every record; \
-         this mode is for local development only (configure [auth], docs/security.md)",
-        config.listen
-    );
+    let tls = match &config.tls {
+        Some(t) => Some(crate::tls::server_config(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
     // Other processes sharing the database may add, change or retire SearchParameters.
     let sync = svc.clone();
     tokio::spawn(async move {
@@ -302,13 +417,19 @@ pub async fn serve(config: Config) -> Result<()> {
         }
         None => None,
     };
+    let (mut state, auth_routes) = secure_state(&config, app_state(&config, svc.clone()), &svc)?;
+    if state.auth.is_some() {
+        tracing::info!(
+            audit = state.audit.is_some(),
+            "authorization is on: SMART on FHIR access tokens required"
+        );
+    }
     tracing::info!(
         listen = %config.listen,
         store = %backend.describe(&config),
-        "Salus FHIR server ready at http://{}/",
-        config.listen
+        "Salus FHIR server ready at {}/",
+        public_base(&config)
     );
-    let mut state = app_state(&config, svc.clone());
     // One signal stops both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -352,14 +473,23 @@ pub async fn serve(config: Config) -> Result<()> {
         }));
         tracing::info!("device ingestion ready: POST /devices/messages");
     }
+    let audit = state.audit.clone();
+    let mut app = router(state.clone());
+    if let Some(extra) = auth_routes {
+        app = app.merge(extra);
+    }
     match mllp {
         Some(l) => {
             tokio::try_join!(
-                run(state.clone(), listener, stopped(stop_rx.clone())),
+                run_router(app, listener, tls, stopped(stop_rx.clone())),
                 run_mllp(&state, &config, l, stopped(stop_rx)),
             )?;
         }
-        None => run(state, listener, stopped(stop_rx)).await?,
+        None => run_router(app, listener, tls, stopped(stop_rx)).await?,
+    }
+    if let Some(trail) = audit {
+        // every access answered so far is on disk before the store closes
+        trail.flush().await;
     }
     for t in device_tasks {
         let _ = t.await;
