@@ -6,6 +6,7 @@
 //! mapping from errors to HTTP statuses with an OperationOutcome ([`error::ApiError`]).
 //! Must not touch: storage or FHIR rules — those live in `salus-service`.
 
+pub mod bulk;
 mod capability;
 mod convert;
 pub mod devices;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub convert_options: Arc<salus_hl7v2::ConvertOptions>,
     /// The HTTP device source (`POST /devices/messages`), when devices are configured.
     pub devices: Option<Arc<devices::DeviceEndpoint>>,
+    /// Bulk data jobs (`$export`, `$import`), when enabled.
+    pub bulk: Option<Arc<salus_bulk::BulkEngine>>,
 }
 
 impl AppState {
@@ -66,7 +69,14 @@ impl AppState {
             hl7_metrics: Arc::default(),
             convert_options: Arc::default(),
             devices: None,
+            bulk: None,
         }
+    }
+
+    /// Serve `$export` / `$import` through this engine.
+    pub fn with_bulk(mut self, engine: salus_bulk::BulkEngine) -> Self {
+        self.bulk = Some(Arc::new(engine));
+        self
     }
 
     /// Accept device messages over HTTP, delivering them to this endpoint's sink.
@@ -160,6 +170,32 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/messages", post(device_messages))
         .route("/metrics", get(metrics_with_hl7))
         .route("/_history", get(history_system))
+        .route(
+            "/$export",
+            get(bulk::export_system).post(bulk::export_system),
+        )
+        .route(
+            "/$export-poll-status",
+            get(bulk::status).delete(bulk::status),
+        )
+        .route(
+            "/$import-poll-status",
+            get(bulk::status).delete(bulk::status),
+        )
+        .route("/$export-file/{job}/{file}", get(bulk::download))
+        .route("/$import", post(bulk::import))
+        .route(
+            "/Patient/$export",
+            get(bulk::export_patient).post(bulk::export_patient),
+        )
+        .route(
+            "/Group/{id}/$export",
+            get(bulk::export_group).post(bulk::export_group),
+        )
+        .route(
+            "/Patient/{id}/$everything",
+            get(bulk::patient_everything).post(bulk::patient_everything),
+        )
         .route(
             "/{rtype}",
             get(search_type)

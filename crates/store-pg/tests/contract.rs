@@ -76,6 +76,9 @@ fn checks() -> Vec<(&'static str, Check)> {
         ("savepoints_undo_only_their_unit", |s| {
             contract::savepoints_undo_only_their_unit(s).boxed()
         }),
+        ("snapshots_ignore_later_writes", |s| {
+            contract::snapshots_ignore_later_writes(s).boxed()
+        }),
     ]
 }
 
