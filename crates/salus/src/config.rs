@@ -145,6 +145,8 @@ pub struct Config {
     pub hl7: Hl7Config,
     /// Remote patient monitoring (`[devices]`, docs/devices.md); off unless templates are set.
     pub devices: crate::devices::DevicesConfig,
+    /// Bulk data jobs (`[bulk]`, docs/bulk.md).
+    pub bulk: crate::bulk::BulkSettings,
 }
 
 impl Default for Config {
@@ -159,6 +161,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             hl7: Hl7Config::default(),
             devices: Default::default(),
+            bulk: Default::default(),
         }
     }
 }
@@ -247,6 +250,7 @@ impl Config {
 
     /// Reject settings that cannot work, with a message naming the setting.
     pub fn validate(&self) -> Result<()> {
+        self.bulk.validate()?;
         if self.limits.max_count == 0 {
             bail!("limits.max_count must be at least 1");
         }

@@ -296,6 +296,7 @@ pub async fn serve(config: Config) -> Result<()> {
         config.listen
     );
     let mut state = app_state(&config, svc.clone());
+    state = state.with_bulk(crate::bulk::engine(&config, svc.clone())?);
     // One signal stops both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
