@@ -30,6 +30,18 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Resident anonymous memory (heap, SQLite page caches) in MiB: unlike the total, it
+/// leaves out the database file pages SQLite maps (`mmap_size`), which the OS may drop.
+fn anon_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -71,14 +83,23 @@ fn generate(dir: &Path, n: usize) -> (usize, usize) {
     (patients, observations)
 }
 
-async fn run(engine: &BulkEngine, id: String) -> JobView {
-    let v = engine.wait(&id).await.expect("job");
+/// Wait for a job, sampling anonymous RSS; the job and its peak anonymous RSS.
+async fn run(engine: &BulkEngine, id: String) -> (JobView, f64) {
+    let mut peak = anon_rss_mib();
+    let v = loop {
+        let v = engine.status(&id).expect("job");
+        if v.job.status.is_finished() {
+            break v;
+        }
+        peak = peak.max(anon_rss_mib());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
     assert!(
         v.job.status == salus_bulk::JobStatus::Completed,
         "{:?}",
         v.job.failure
     );
-    v
+    (v, peak.max(anon_rss_mib()))
 }
 
 fn main() {
@@ -128,12 +149,12 @@ fn main() {
         let req = ImportRequest::parse(&body, &cfg).unwrap();
         let t = Instant::now();
         let id = engine.start_import(req, "bench", None).await.unwrap();
-        let v = run(&engine, id).await;
+        let (v, anon) = run(&engine, id).await;
         let secs = t.elapsed().as_secs_f64();
         let imported: u64 = v.job.output.iter().map(|o| o.count).sum();
         assert_eq!(imported as usize, n, "{:?}", v.job.error);
         println!(
-            "import          {imported:>8} resources in {secs:6.2}s  {:>8.0} resources/s  peak RSS {:6.1} MiB",
+            "import          {imported:>8} resources in {secs:6.2}s  {:>8.0} resources/s                peak RSS {:6.1} MiB, anonymous {anon:6.1} MiB",
             imported as f64 / secs,
             peak_rss_mib()
         );
@@ -149,13 +170,13 @@ fn main() {
             let req = ExportRequest::parse(ExportLevel::System, &pairs, None, &cfg).unwrap();
             let t = Instant::now();
             let id = engine.start_export(req, "bench", None).await.unwrap();
-            let v = run(&engine, id.clone()).await;
+            let (v, anon) = run(&engine, id.clone()).await;
             let secs = t.elapsed().as_secs_f64();
             let count: u64 = v.job.output.iter().map(|o| o.count).sum();
             let bytes: u64 = v.job.output.iter().map(|o| o.bytes).sum();
             assert_eq!(count as usize, n);
             println!(
-                "{label:<15} {count:>8} resources in {secs:6.2}s  {:>8.0} resources/s  {:6.1} MB/s  peak RSS {:6.1} MiB",
+                "{label:<15} {count:>8} resources in {secs:6.2}s  {:>8.0} resources/s  {:6.1} MB/s  peak RSS {:6.1} MiB, anonymous {anon:6.1} MiB",
                 count as f64 / secs,
                 bytes as f64 / 1e6 / secs,
                 peak_rss_mib()

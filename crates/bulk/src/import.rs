@@ -231,39 +231,125 @@ fn error_line(line: usize, issues: &[Issue]) -> Vec<u8> {
     serde_json::to_vec(&operation_outcome(&issues)).expect("JSON")
 }
 
-/// Write one batch; returns how many resources were stored.
-async fn flush(
-    service: &FhirService,
-    mode: ImportMode,
-    batch: &mut Vec<(usize, Value)>,
-    errors: &mut SplitWriter,
-) -> Result<u64, JobError> {
-    if batch.is_empty() {
-        return Ok(0);
-    }
-    let items: Vec<(usize, Value)> = std::mem::take(batch);
-    let values: Vec<Value> = items.iter().map(|(_, v)| v.clone()).collect();
-    let mut good: Vec<(usize, Value)> = Vec::with_capacity(items.len());
-    match service.check_resources(&values) {
-        Ok(()) => good = items,
-        Err(problems) => {
-            let mut bad_at = problems.into_iter().peekable();
-            for (i, item) in items.into_iter().enumerate() {
-                if bad_at.peek().is_some_and(|(j, _)| *j == i) {
-                    let (_, issues) = bad_at.next().expect("peeked");
-                    errors.write_line(&error_line(item.0, &issues))?;
-                } else {
-                    good.push(item);
-                }
+/// A batch read and validated on the reader thread, ready to write.
+struct Prepared {
+    /// Input line of each value.
+    lines: Vec<usize>,
+    values: Vec<Value>,
+    /// OperationOutcome lines for the lines left out.
+    errors: Vec<Vec<u8>>,
+    /// Lines read for this batch (for progress).
+    read: u64,
+}
+
+/// Read, parse and validate an input, `batch` lines at a time, on a blocking thread, so
+/// this CPU work overlaps with the writes of the previous batch.
+fn read_input(
+    service: FhirService,
+    path: PathBuf,
+    rtype: String,
+    url: String,
+    batch: usize,
+    out: tokio::sync::mpsc::Sender<Result<Prepared, JobError>>,
+) {
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = out.blocking_send(Err(JobError::Input(format!("input {url}: {e}"))));
+            return;
+        }
+    };
+    let reader = BufReader::with_capacity(256 * 1024, file);
+    let mut cur = Prepared {
+        lines: vec![],
+        values: vec![],
+        errors: vec![],
+        read: 0,
+    };
+    let finish = |mut p: Prepared| -> Prepared {
+        if let Err(problems) = service.check_resources(&p.values) {
+            let bad: std::collections::HashSet<usize> = problems.iter().map(|(i, _)| *i).collect();
+            for (i, issues) in &problems {
+                p.errors.push(error_line(p.lines[*i], issues));
+            }
+            let keep: Vec<bool> = (0..p.values.len()).map(|i| !bad.contains(&i)).collect();
+            let mut k = keep.iter();
+            p.lines.retain(|_| *k.next().expect("same length"));
+            let mut k = keep.iter();
+            p.values.retain(|_| *k.next().expect("same length"));
+        }
+        p
+    };
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line_no = i + 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = out.blocking_send(Err(JobError::Input(format!("input {url}: {e}"))));
+                return;
+            }
+        };
+        cur.read += 1;
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(text) {
+            Err(e) => cur.errors.push(error_line(
+                line_no,
+                &[Issue::error(IssueCode::Structure, format!("not JSON: {e}"))],
+            )),
+            Ok(v) if v.get("resourceType").and_then(Value::as_str) != Some(&rtype) => {
+                cur.errors.push(error_line(
+                    line_no,
+                    &[Issue::error(
+                        IssueCode::Invalid,
+                        format!(
+                            "resourceType {} in an input declared as {rtype}",
+                            v.get("resourceType").unwrap_or(&Value::Null)
+                        ),
+                    )],
+                ))
+            }
+            Ok(v) => {
+                cur.lines.push(line_no);
+                cur.values.push(v);
+            }
+        }
+        if cur.values.len() >= batch {
+            let next = Prepared {
+                lines: vec![],
+                values: vec![],
+                errors: vec![],
+                read: 0,
+            };
+            if out
+                .blocking_send(Ok(finish(std::mem::replace(&mut cur, next))))
+                .is_err()
+            {
+                return; // the job stopped
             }
         }
     }
-    if good.is_empty() {
+    let _ = out.blocking_send(Ok(finish(cur)));
+}
+
+/// Write one validated batch; returns how many resources were stored.
+async fn write_batch(
+    service: &FhirService,
+    mode: ImportMode,
+    p: Prepared,
+    errors: &mut SplitWriter,
+) -> Result<u64, JobError> {
+    for e in &p.errors {
+        errors.write_line(e)?;
+    }
+    if p.values.is_empty() {
         return Ok(0);
     }
-    let first = good[0].0;
-    let last = good[good.len() - 1].0;
-    let values: Vec<Value> = good.into_iter().map(|(_, v)| v).collect();
+    let (first, last) = (p.lines[0], p.lines[p.lines.len() - 1]);
+    let values = p.values;
     let n = values.len() as u64;
     let result = async {
         let mut tx = service.store().begin().await?;
@@ -329,52 +415,25 @@ pub(crate) async fn run(
             config.max_file_bytes,
         )
         .for_input(&input.url);
-        let reader = BufReader::with_capacity(
-            256 * 1024,
-            std::fs::File::open(&path)
-                .map_err(|e| JobError::Input(format!("input {}: {e}", input.url)))?,
-        );
-        let mut batch: Vec<(usize, Value)> = Vec::with_capacity(config.import_batch);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let reader = {
+            let (service, path) = (service.clone(), path.clone());
+            let (rtype, url, batch) = (input.rtype.clone(), input.url.clone(), config.import_batch);
+            tokio::task::spawn_blocking(move || read_input(service, path, rtype, url, batch, tx))
+        };
         let mut count = 0u64;
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line_no = i + 1;
-            let line = line?;
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim();
-            if text.is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Value>(text) {
-                Err(e) => errors.write_line(&error_line(
-                    line_no,
-                    &[Issue::error(IssueCode::Structure, format!("not JSON: {e}"))],
-                ))?,
-                Ok(v) if v.get("resourceType").and_then(Value::as_str) != Some(&input.rtype) => {
-                    errors.write_line(&error_line(
-                        line_no,
-                        &[Issue::error(
-                            IssueCode::Invalid,
-                            format!(
-                                "resourceType {} in an input declared as {}",
-                                v.get("resourceType").unwrap_or(&Value::Null),
-                                input.rtype
-                            ),
-                        )],
-                    ))?
-                }
-                Ok(v) => batch.push((line_no, v)),
-            }
-            if batch.len() >= config.import_batch {
-                count += flush(service, req.mode, &mut batch, &mut errors).await?;
-                done += config.import_batch as u64;
-                handle.set_progress(done, 0, &input.url);
-                if handle.cancelled.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
+        while let Some(prepared) = rx.recv().await {
+            let prepared = prepared?;
+            done += prepared.read;
+            count += write_batch(service, req.mode, prepared, &mut errors).await?;
+            handle.set_progress(done, 0, &input.url);
+            if handle.cancelled.load(Ordering::Relaxed) {
+                return Ok(());
             }
         }
-        done += batch.len() as u64;
-        count += flush(service, req.mode, &mut batch, &mut errors).await?;
+        reader
+            .await
+            .map_err(|e| JobError::Internal(format!("input reader: {e}")))?;
         outputs.push(OutputFile {
             rtype: input.rtype.clone(),
             file: String::new(),
