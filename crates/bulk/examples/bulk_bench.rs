@@ -20,6 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+// The allocator `salus serve` uses, so the figures match the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
