@@ -718,3 +718,85 @@ async fn patient_everything_pages_and_filters() {
         .await
         .expect(200);
 }
+
+#[tokio::test]
+async fn import_fetches_http_inputs() {
+    // A file server standing in for the data provider of "ping and pull".
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ndjson = format!(
+        "{}\n{}\n",
+        patient("urn:h", "1"),
+        json!({"resourceType": "Patient", "id": "fixed", "gender": "male"})
+    );
+    let files = axum::Router::new().route(
+        "/Patient.ndjson",
+        axum::routing::get(move || {
+            let body = ndjson.clone();
+            async move { body }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, files).await.unwrap() });
+    let app = bulk_app(|_| {});
+    let body = |url: String| {
+        json!({"inputFormat": "application/fhir+ndjson", "inputSource": "http://provider.example",
+            "input": [{"type": "Patient", "url": url}]})
+    };
+    let r = app
+        .req(
+            "POST",
+            "/$import",
+            KICK,
+            Some(&body(format!("http://{addr}/Patient.ndjson"))),
+        )
+        .await
+        .expect(202);
+    let m = poll(&app, &local(r.header("content-location").unwrap())).await;
+    assert_eq!(m["output"][0]["count"], 2, "{m}");
+    app.get("/Patient/fixed").await.expect(200);
+    // An input the provider does not have: the job fails with a readable outcome.
+    let r = app
+        .req(
+            "POST",
+            "/$import",
+            KICK,
+            Some(&body(format!("http://{addr}/missing.ndjson"))),
+        )
+        .await
+        .expect(202);
+    let status = local(r.header("content-location").unwrap());
+    let mut last = None;
+    for _ in 0..100_000 {
+        let r = app.get(&status).await;
+        if r.status.as_u16() != 202 {
+            last = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let r = last.expect("the job ended").expect_outcome(400);
+    assert!(r.text.contains("404"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn until_exports_resources_as_they_were() {
+    let app = bulk_app(|_| {});
+    let p = app.create(&patient("urn:u", "before")).await;
+    let until = app.get(&format!("/Patient/{p}")).await.json["meta"]["lastUpdated"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let mut v2 = patient("urn:u", "after");
+    v2["id"] = json!(p);
+    app.put(&format!("/Patient/{p}"), &v2).await.expect(200);
+    let later = app.create(&patient("urn:u", "later")).await;
+    let uri = format!(
+        "/$export?_type=Patient&_until={}",
+        until.replace('+', "%2B")
+    );
+    let (_, out) = export(&app, &uri).await;
+    assert_eq!(ids(&out["Patient"]), vec![p.clone()], "not {later}");
+    assert_eq!(out["Patient"][0]["meta"]["versionId"], "1");
+    assert_eq!(out["Patient"][0]["identifier"][0]["value"], "before");
+}
