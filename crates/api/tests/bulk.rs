@@ -800,3 +800,43 @@ async fn until_exports_resources_as_they_were() {
     assert_eq!(out["Patient"][0]["meta"]["versionId"], "1");
     assert_eq!(out["Patient"][0]["identifier"][0]["value"], "before");
 }
+
+#[tokio::test]
+async fn a_restarted_job_of_a_caller_needs_that_caller_s_access_back() {
+    let app = bulk_app(|_| {});
+    app.create(&patient("urn:o", "1")).await;
+    let status = kick(&app, "/$export?_type=Patient", None).await;
+    poll(&app, &status).await;
+    let id = status.rsplit('=').next().unwrap().to_string();
+    let dir = app.dir().join("bulk").join(&id);
+    let mut job: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+    job["status"] = json!("running");
+    job["owner"] = json!("client-a");
+    std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+    let config = app.state.bulk.as_ref().unwrap().config().clone();
+
+    // No way to restore the owner's access: the job fails instead of running unscoped.
+    let engine = salus_bulk::BulkEngine::new(app.state.service.clone(), config.clone());
+    assert_eq!(engine.resume().unwrap(), 0);
+    let v = engine.status(&id).unwrap();
+    assert_eq!(v.job.status, salus_bulk::JobStatus::Rejected);
+    assert!(v.job.failure.unwrap().contains("kick the job off again"));
+
+    // With a rescope hook it runs through the service the hook gives for that owner.
+    job["status"] = json!("running");
+    std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+    let svc = app.state.service.clone();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let seen = asked.clone();
+    let engine = salus_bulk::BulkEngine::new(app.state.service.clone(), config).with_rescope(
+        std::sync::Arc::new(move |owner: &str| {
+            seen.lock().unwrap().push(owner.to_string());
+            Some(svc.clone())
+        }),
+    );
+    assert_eq!(engine.resume().unwrap(), 1);
+    let v = engine.wait(&id).await.unwrap();
+    assert_eq!(v.job.status, salus_bulk::JobStatus::Completed);
+    assert_eq!(*asked.lock().unwrap(), vec!["client-a".to_string()]);
+}

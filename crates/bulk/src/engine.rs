@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 /// A job known to the engine.
 pub(crate) struct JobHandle {
     pub(crate) job: Mutex<Job>,
+    /// The service the job reads and writes through: the kick-off caller's scoped
+    /// service when the API has one, else the engine's.
+    pub(crate) service: Option<FhirService>,
     /// Set by a DELETE: the task stops at its next page and removes the folder.
     pub(crate) cancelled: AtomicBool,
     pub(crate) dir: PathBuf,
@@ -62,10 +65,15 @@ pub struct BulkEngine {
     inner: Arc<Inner>,
 }
 
+/// Rebuilds, after a restart, the service a job's owner may use (`None`: the owner may
+/// no longer act).
+pub type Rescope = Arc<dyn Fn(&str) -> Option<FhirService> + Send + Sync>;
+
 struct Inner {
     service: FhirService,
     config: BulkConfig,
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
+    rescope: Mutex<Option<Rescope>>,
 }
 
 fn valid_job_id(id: &str) -> bool {
@@ -81,8 +89,17 @@ impl BulkEngine {
                 service,
                 config,
                 jobs: Mutex::new(HashMap::new()),
+                rescope: Mutex::new(None),
             }),
         }
+    }
+
+    /// How to rebuild a job owner's scoped service when an unfinished job restarts.
+    /// Without it, a restarted job that has an owner fails (it would otherwise run
+    /// with the server's unrestricted service).
+    pub fn with_rescope(self, rescope: Rescope) -> Self {
+        *self.inner.rescope.lock().expect("rescope lock") = Some(rescope);
+        self
     }
 
     pub fn config(&self) -> &BulkConfig {
@@ -116,10 +133,27 @@ impl BulkEngine {
                     continue;
                 }
             };
+            let mut job = job;
             let unfinished = !job.status.is_finished();
             let id = job.id.clone();
+            let mut service = None;
+            let mut runnable = unfinished;
+            if let (true, Some(owner)) = (unfinished, job.owner.clone()) {
+                let rescope = self.inner.rescope.lock().expect("rescope lock").clone();
+                service = rescope.and_then(|r| r(&owner));
+                if service.is_none() {
+                    // Never run a caller's job with more rights than the caller had.
+                    job.status = JobStatus::Rejected;
+                    job.failure = Some(
+                        "the server restarted and could not restore the kick-off caller's access; kick the job off again".into(),
+                    );
+                    let _ = job.save(&dir);
+                    runnable = false;
+                }
+            }
             let handle = Arc::new(JobHandle {
                 job: Mutex::new(job),
+                service,
                 cancelled: AtomicBool::new(false),
                 dir,
             });
@@ -128,7 +162,7 @@ impl BulkEngine {
                 .lock()
                 .expect("jobs lock")
                 .insert(id.clone(), handle.clone());
-            if unfinished {
+            if runnable {
                 tracing::info!(job = %id, "restarting bulk job left unfinished");
                 restarted += 1;
                 self.spawn(handle);
@@ -141,12 +175,26 @@ impl BulkEngine {
     /// the snapshot is taken now: `transactionTime` and the store position.
     pub async fn start_export(
         &self,
+        request: ExportRequest,
+        request_url: &str,
+        owner: Option<String>,
+    ) -> Result<String, FhirError> {
+        self.start_export_as(None, request, request_url, owner)
+            .await
+    }
+
+    /// [`BulkEngine::start_export`] reading through `service` (the kick-off caller's
+    /// scoped service), when given.
+    pub async fn start_export_as(
+        &self,
+        service: Option<FhirService>,
         mut request: ExportRequest,
         request_url: &str,
         owner: Option<String>,
     ) -> Result<String, FhirError> {
+        let svc = service.as_ref().unwrap_or(&self.inner.service);
         if let ExportLevel::Group(gid) = &request.level {
-            let group = self.inner.service.read("Group", gid).await?;
+            let group = svc.read("Group", gid).await?;
             let body: Value = serde_json::from_str(group.body.as_deref().unwrap_or("{}"))
                 .map_err(|e| FhirError::Internal(format!("stored Group is not JSON: {e}")))?;
             let members: Vec<String> = body
@@ -173,7 +221,7 @@ impl BulkEngine {
         }
         let mut job = self.new_job(JobKind::Export, request_url, owner).await?;
         job.export = Some(request);
-        self.launch(job)
+        self.launch(job, service)
             .map_err(|e| FhirError::Internal(e.to_string()))
     }
 
@@ -184,9 +232,22 @@ impl BulkEngine {
         request_url: &str,
         owner: Option<String>,
     ) -> Result<String, FhirError> {
+        self.start_import_as(None, request, request_url, owner)
+            .await
+    }
+
+    /// [`BulkEngine::start_import`] writing through `service` (the kick-off caller's
+    /// scoped service), when given.
+    pub async fn start_import_as(
+        &self,
+        service: Option<FhirService>,
+        request: ImportRequest,
+        request_url: &str,
+        owner: Option<String>,
+    ) -> Result<String, FhirError> {
         let mut job = self.new_job(JobKind::Import, request_url, owner).await?;
         job.import = Some(request);
-        self.launch(job)
+        self.launch(job, service)
             .map_err(|e| FhirError::Internal(e.to_string()))
     }
 
@@ -216,13 +277,14 @@ impl BulkEngine {
         })
     }
 
-    fn launch(&self, job: Job) -> std::io::Result<String> {
+    fn launch(&self, job: Job, service: Option<FhirService>) -> std::io::Result<String> {
         let dir = self.inner.config.jobs_dir.join(&job.id);
         std::fs::create_dir_all(&dir)?;
         job.save(&dir)?;
         let id = job.id.clone();
         let handle = Arc::new(JobHandle {
             job: Mutex::new(job),
+            service,
             cancelled: AtomicBool::new(false),
             dir,
         });
@@ -256,7 +318,7 @@ impl BulkEngine {
             tracing::warn!(job = %id, error = %e, "could not clear old job files");
         }
         self.save(&handle);
-        let service = &self.inner.service;
+        let service = handle.service.as_ref().unwrap_or(&self.inner.service);
         let config = &self.inner.config;
         let result = match kind {
             JobKind::Export => export::run(service, config, &handle).await,

@@ -21,7 +21,7 @@ mod import;
 mod job;
 mod output;
 
-pub use engine::{BulkEngine, JobView};
+pub use engine::{BulkEngine, JobView, Rescope};
 pub use everything::{EverythingPage, EverythingRequest};
 pub use export::{ExportLevel, ExportRequest, OUTPUT_FORMATS};
 pub use import::{ImportInput, ImportMode, ImportRequest};
