@@ -207,6 +207,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             Err(e) => return ApiError::Fhir(e).into_response(),
         };
         req.extensions_mut().insert(p.clone());
+        // Bulk jobs belong to the client and subject that kicked them off.
+        req.extensions_mut().insert(crate::bulk::BulkCaller {
+            subject: format!("{}|{}", p.client_id.as_deref().unwrap_or(""), p.subject),
+        });
     }
     req.extensions_mut().insert(Scoped(scoped));
     let resp = next.run(req).await;

@@ -44,7 +44,7 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
                 "searchParam": params,
                 "searchInclude": includes,
                 "searchRevInclude": ["*"],
-                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+                "operation": operations(t)
             })
         })
         .collect();
@@ -65,7 +65,28 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
             "interaction": [
                 {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                 {"code": "search-system"}
+            ],
+            // Bulk Data IG 2.0 (docs/bulk.md).
+            "operation": [
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                {"name": "import", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import"}
             ]
         }]
     })
+}
+
+/// The operations of one resource type.
+fn operations(rtype: &str) -> Vec<Value> {
+    let mut ops = vec![
+        json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
+    ];
+    match rtype {
+        "Patient" => {
+            ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+            ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+        }
+        "Group" => ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"})),
+        _ => {}
+    }
+    ops
 }

@@ -7,6 +7,7 @@
 //! Must not touch: storage or FHIR rules — those live in `salus-service`.
 
 pub mod auth;
+pub mod bulk;
 mod capability;
 mod convert;
 pub mod devices;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub audit: Option<salus_service::AuditTrail>,
     /// Per-client request limits; `None`: unlimited.
     pub rate_limiter: Option<Arc<hardening::RateLimiter>>,
+    /// Bulk data jobs (`$export`, `$import`), when enabled.
+    pub bulk: Option<Arc<salus_bulk::BulkEngine>>,
 }
 
 impl AppState {
@@ -93,6 +96,7 @@ impl AppState {
             auth: None,
             audit: None,
             rate_limiter: None,
+            bulk: None,
         }
     }
 
@@ -112,6 +116,12 @@ impl AppState {
     /// Record every access in this audit trail.
     pub fn with_audit(mut self, trail: salus_service::AuditTrail) -> Self {
         self.audit = Some(trail);
+        self
+    }
+
+    /// Serve `$export` / `$import` through this engine.
+    pub fn with_bulk(mut self, engine: salus_bulk::BulkEngine) -> Self {
+        self.bulk = Some(Arc::new(engine));
         self
     }
 
@@ -206,6 +216,32 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/messages", post(device_messages))
         .route("/metrics", get(metrics_with_hl7))
         .route("/_history", get(history_system))
+        .route(
+            "/$export",
+            get(bulk::export_system).post(bulk::export_system),
+        )
+        .route(
+            "/$export-poll-status",
+            get(bulk::status).delete(bulk::status),
+        )
+        .route(
+            "/$import-poll-status",
+            get(bulk::status).delete(bulk::status),
+        )
+        .route("/$export-file/{job}/{file}", get(bulk::download))
+        .route("/$import", post(bulk::import))
+        .route(
+            "/Patient/$export",
+            get(bulk::export_patient).post(bulk::export_patient),
+        )
+        .route(
+            "/Group/{id}/$export",
+            get(bulk::export_group).post(bulk::export_group),
+        )
+        .route(
+            "/Patient/{id}/$everything",
+            get(bulk::patient_everything).post(bulk::patient_everything),
+        )
         .route(
             "/{rtype}",
             get(search_type)

@@ -160,6 +160,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// HTTPS (`[tls]`): certificate chain and private key, PEM.
     pub tls: Option<TlsConfig>,
+    /// Bulk data jobs (`[bulk]`, docs/bulk.md).
+    pub bulk: crate::bulk::BulkSettings,
 }
 
 /// `[audit]`.
@@ -194,6 +196,7 @@ impl Default for Config {
             access: Default::default(),
             audit: Default::default(),
             tls: None,
+            bulk: Default::default(),
         }
     }
 }
@@ -311,6 +314,7 @@ impl Config {
 
     /// Reject settings that cannot work, with a message naming the setting.
     pub fn validate(&self) -> Result<()> {
+        self.bulk.validate()?;
         if self.limits.max_count == 0 {
             bail!("limits.max_count must be at least 1");
         }

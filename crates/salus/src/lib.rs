@@ -1,10 +1,11 @@
 //! The `salus` binary's library: configuration, wiring, server start-up and shutdown,
-//! the import tool, `salus view run`, `salus deid`, HL7 v2 intake over MLLP
+//! the import tool, bulk data (`salus export`), `salus view run`, `salus deid`, HL7 v2 intake over MLLP
 //! (`salus convert`, `salus hl7 send`), `salus auth` (clients, users and keys of the built-in
 //! authorization server) and demo data. `main.rs` only parses the command line.
 
 pub mod audit;
 pub mod auth;
+pub mod bulk;
 pub mod config;
 pub mod deid;
 pub mod demo;

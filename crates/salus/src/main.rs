@@ -39,6 +39,40 @@ enum Command {
         /// Hide the progress bar
         #[arg(long)]
         quiet: bool,
+        /// Keep each resource's id, meta.versionId and meta.lastUpdated (Bulk Data
+        /// IncrementalLoad; NDJSON files named after their type; versions already stored
+        /// are skipped)
+        #[arg(long, conflicts_with = "server")]
+        incremental: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Export the data dir as NDJSON files, one set per resource type (Bulk Data $export)
+    Export {
+        /// Folder to write the files and manifest.json into
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Only these resource types (repeatable or comma-separated)
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Only resources changed at or after this instant
+        #[arg(long, value_name = "INSTANT")]
+        since: Option<String>,
+        /// Resources as they were at this instant
+        #[arg(long, value_name = "INSTANT")]
+        until: Option<String>,
+        /// A search restricting one type, e.g. 'Observation?category=laboratory' (repeatable)
+        #[arg(long = "type-filter", value_name = "TYPE?QUERY")]
+        type_filters: Vec<String>,
+        /// Only these elements (plus mandatory ones), e.g. Patient.name (repeatable)
+        #[arg(long, value_name = "ELEMENT")]
+        elements: Vec<String>,
+        /// De-identify the output: safe-harbor or a configuration file
+        #[arg(long, value_name = "CONFIG|safe-harbor")]
+        anonymize: Option<String>,
+        /// Hide the progress bar
+        #[arg(long)]
+        quiet: bool,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -168,15 +202,45 @@ fn main() -> Result<()> {
             paths,
             server,
             quiet,
+            incremental,
             overrides,
         } => {
             let config = Config::load(&overrides)?;
             salus::serve::init_tracing(config.log_format);
-            let ok = runtime.block_on(salus::import::run_cli(&config, &paths, server, !quiet))?;
+            let ok = if incremental {
+                runtime.block_on(salus::bulk::import_incremental_cli(&config, &paths, !quiet))?
+            } else {
+                runtime.block_on(salus::import::run_cli(&config, &paths, server, !quiet))?
+            };
             if !ok {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Export {
+            out,
+            types,
+            since,
+            until,
+            type_filters,
+            elements,
+            anonymize,
+            quiet,
+            overrides,
+        } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            let args = salus::bulk::ExportArgs {
+                out,
+                types,
+                since,
+                until,
+                type_filters,
+                elements,
+                anonymize,
+                progress: !quiet,
+            };
+            runtime.block_on(salus::bulk::export_cli(&config, args))
         }
         Command::Reindex { quiet, overrides } => {
             let config = Config::load(&overrides)?;

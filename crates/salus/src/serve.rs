@@ -418,6 +418,7 @@ pub async fn serve(config: Config) -> Result<()> {
         None => None,
     };
     let (mut state, auth_routes) = secure_state(&config, app_state(&config, svc.clone()), &svc)?;
+    state = state.with_bulk(crate::bulk::engine(&config, svc.clone())?);
     if state.auth.is_some() {
         tracing::info!(
             audit = state.audit.is_some(),

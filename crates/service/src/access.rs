@@ -15,8 +15,8 @@ use salus_access::{Capability, Grant, Interaction, Policy, Principal, TypeClass,
 use salus_fhir::defs;
 use salus_store::{
     Clause, ContainedIndex, ContainedMode, FullText, Head, HistoryPage, HistoryQuery, HistoryScope,
-    IndexRow, NewVersion, Result, ScanPage, SearchPage, SearchQuery, Store, StoreError, StoreTx,
-    VersionRecord,
+    IndexRow, NewVersion, Result, ScanPage, SearchPage, SearchQuery, SnapshotPage, SnapshotQuery,
+    Store, StoreError, StoreTx, VersionRecord,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -406,6 +406,30 @@ impl Store for GuardedStore {
         self.guard
             .require(Capability::Purge, "compacting the store")?;
         self.inner.compact().await
+    }
+
+    async fn snapshot_seq(&self) -> Result<i64> {
+        self.inner.snapshot_seq().await
+    }
+
+    async fn snapshot_scan(&self, query: &SnapshotQuery) -> Result<SnapshotPage> {
+        let grant = self.guard.grant(Interaction::Search, &query.rtype)?;
+        let mut page = self.inner.snapshot_scan(query).await?;
+        if let Some(c) = grant {
+            // Bulk export as one caller: the snapshot's versions of the resources the
+            // caller may reach (judged on their current state; deleted ones are left out).
+            let ids: Vec<String> = page.records.iter().map(|r| r.id.clone()).collect();
+            let inner = &self.inner;
+            let keep = members(
+                &query.rtype,
+                ids,
+                c,
+                |q| async move { inner.search(&q).await },
+            )
+            .await?;
+            page.records.retain(|r| keep.contains(&r.id));
+        }
+        Ok(page)
     }
 }
 

@@ -265,6 +265,23 @@ pub(crate) async fn put_version(
     current: Option<Head>,
     method: Method,
 ) -> Result<WriteOutcome> {
+    put_version_at(tx, rtype, id, body, index, current, method, None).await
+}
+
+/// [`put_version`], optionally with the version number and `lastUpdated` given by the
+/// caller (an incremental bulk import keeps the source's `meta`); the store still
+/// refuses the write unless `current` is the latest version.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn put_version_at(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    id: &str,
+    body: Value,
+    index: Indexed,
+    current: Option<Head>,
+    method: Method,
+    at: Option<(u64, i64)>,
+) -> Result<WriteOutcome> {
     // A SearchParameter is checked before it is stored, and live once it is.
     let custom = rtype == "SearchParameter";
     if custom {
@@ -277,8 +294,13 @@ pub(crate) async fn put_version(
         })?;
     }
     let search_param = custom.then(|| body.clone());
-    let version = current.map_or(1, |c| c.version + 1);
-    let last_updated = next_timestamp(time::now_micros(), current.map(|c| c.last_updated));
+    let (version, last_updated) = match at {
+        Some(at) => at,
+        None => (
+            current.map_or(1, |c| c.version + 1),
+            next_timestamp(time::now_micros(), current.map(|c| c.last_updated)),
+        ),
+    };
     let text = finalize(body, id, version, last_updated);
     let created = current.is_none_or(|c| c.deleted);
     tx.put(NewVersion {

@@ -49,8 +49,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use salus_store::{
     ContainedIndex, ContainedType, FullText, Head, HistoryPage, HistoryQuery, IndexRow, Method,
-    NewVersion, Result, ScanPage, SearchPage, SearchQuery, SortValue, Store, StoreError, StoreTx,
-    VersionRecord,
+    NewVersion, Result, ScanPage, SearchPage, SearchQuery, SnapshotPage, SnapshotQuery, SortValue,
+    Store, StoreError, StoreTx, VersionRecord,
 };
 use std::str::FromStr;
 use std::time::Duration;
@@ -583,6 +583,77 @@ impl Store for PgStore {
             next,
             total: total.max(0) as u64,
         })
+    }
+
+    async fn snapshot_seq(&self) -> Result<i64> {
+        let c = self.conn().await?;
+        let st = prepare(&c, "SELECT coalesce(max(seq), 0) FROM resource_versions").await?;
+        col(&c.query_one(&st, &[]).await.map_err(db_err)?, 0)
+    }
+
+    async fn snapshot_scan(&self, q: &SnapshotQuery) -> Result<SnapshotPage> {
+        // Per resource: its current row when old enough, else the newest older version
+        // that is (the same rule as the SQLite backend).
+        const JOIN: &str = "SELECT v.rtype, v.id, v.version, v.last_updated, v.method, v.body, v.seq \
+             FROM resources r JOIN resource_versions v ON v.seq = CASE \
+             WHEN r.seq <= $2 AND r.last_updated <= $3 THEN r.seq \
+             ELSE (SELECT max(w.seq) FROM resource_versions w WHERE w.rtype = r.rtype AND w.id = r.id \
+                   AND w.seq <= $2 AND w.last_updated <= $3) END \
+             WHERE r.rtype = $1 AND v.last_updated >= $4 AND ($5 OR v.body IS NOT NULL) AND r.id > $6";
+        let c = self.conn().await?;
+        let until = q.until.unwrap_or(i64::MAX);
+        let since = q.since.unwrap_or(i64::MIN);
+        let after = q.after_id.clone().unwrap_or_default();
+        let lim = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let rows = match &q.ids {
+            None => {
+                let st = prepare(&c, &format!("{JOIN} ORDER BY r.id LIMIT $7")).await?;
+                c.query(
+                    &st,
+                    &[
+                        &q.rtype,
+                        &q.at_seq,
+                        &until,
+                        &since,
+                        &q.include_deleted,
+                        &after,
+                        &lim,
+                    ],
+                )
+                .await
+                .map_err(db_err)?
+            }
+            Some(ids) => {
+                let st = prepare(
+                    &c,
+                    &format!("{JOIN} AND r.id = ANY($7) ORDER BY r.id LIMIT $8"),
+                )
+                .await?;
+                c.query(
+                    &st,
+                    &[
+                        &q.rtype,
+                        &q.at_seq,
+                        &until,
+                        &since,
+                        &q.include_deleted,
+                        &after,
+                        ids,
+                        &lim,
+                    ],
+                )
+                .await
+                .map_err(db_err)?
+            }
+        };
+        let records = rows
+            .iter()
+            .map(|row| record(row, 0))
+            .collect::<Result<Vec<_>>>()?;
+        let next = (records.len() == q.limit && q.limit > 0)
+            .then(|| records.last().map(|r| r.id.clone()))
+            .flatten();
+        Ok(SnapshotPage { records, next })
     }
 
     async fn reindex_pending(&self) -> Result<bool> {

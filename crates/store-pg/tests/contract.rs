@@ -76,6 +76,12 @@ fn checks() -> Vec<(&'static str, Check)> {
         ("savepoints_undo_only_their_unit", |s| {
             contract::savepoints_undo_only_their_unit(s).boxed()
         }),
+        ("snapshots_ignore_later_writes", |s| {
+            contract::snapshots_ignore_later_writes(s).boxed()
+        }),
+        ("purge_erases_every_version", |s| {
+            contract::purge_erases_every_version(s).boxed()
+        }),
     ]
 }
 

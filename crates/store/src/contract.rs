@@ -7,8 +7,8 @@
 use crate::{
     Clause, ContainedIndex, ContainedMode, ContainedType, FullText, HistoryQuery, HistoryScope,
     IndexKind, IndexRow, Method, NewVersion, Page, Prefix, QuantityMatch, RangeMatch, Result,
-    SearchPage, SearchQuery, SortField, SortKey, Store, StoreError, StoreTx, StringMatch,
-    StringMode, TextField, TextQuery, TokenMatch, UriMatch, UriMode,
+    SearchPage, SearchQuery, SnapshotQuery, SortField, SortKey, Store, StoreError, StoreTx,
+    StringMatch, StringMode, TextField, TextQuery, TokenMatch, UriMatch, UriMode,
 };
 use std::sync::Arc;
 
@@ -66,7 +66,134 @@ pub async fn run_all(store: Arc<dyn Store>) {
     reindexing(store.clone()).await;
     contained_resources(store.clone()).await;
     purge_erases_every_version(store.clone()).await;
-    savepoints_undo_only_their_unit(store).await;
+    savepoints_undo_only_their_unit(store.clone()).await;
+    snapshots_ignore_later_writes(store).await;
+}
+
+/// A snapshot scan answers as of its `seq`: later updates, deletions and creations
+/// change nothing; pages follow id order; `ids`, `since`, `until` and deleted
+/// resources behave as documented on [`SnapshotQuery`].
+pub async fn snapshots_ignore_later_writes(store: Arc<dyn Store>) {
+    let put = |id: &str, version: u64, body: Option<&str>| {
+        let mut v = new_version("SnapA", id, version, (version > 1).then(|| version - 1), "");
+        v.body = body.map(Into::into);
+        if body.is_none() {
+            v.method = Method::Delete;
+        }
+        v
+    };
+    let mut tx = store.begin().await.unwrap();
+    for id in ["a", "b", "c"] {
+        tx.put(put(id, 1, Some(r#"{"v":1}"#))).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let snap = store.snapshot_seq().await.unwrap();
+    assert!(snap > 0, "snapshot_seq names the newest committed version");
+    let mut tx = store.begin().await.unwrap();
+    tx.put(put("a", 2, Some(r#"{"v":2}"#))).await.unwrap();
+    tx.put(put("b", 2, None)).await.unwrap();
+    tx.put(put("d", 1, Some(r#"{"v":1}"#))).await.unwrap();
+    tx.commit().await.unwrap();
+    let later = store.snapshot_seq().await.unwrap();
+    assert!(later > snap, "snapshot_seq grows with new versions");
+
+    let scan = |q: SnapshotQuery| {
+        let store = store.clone();
+        async move {
+            let page = store.snapshot_scan(&q).await.unwrap();
+            let got: Vec<(String, u64, bool)> = page
+                .records
+                .iter()
+                .map(|r| (r.id.clone(), r.version, r.is_deleted()))
+                .collect();
+            (got, page.next)
+        }
+    };
+    let v = |id: &str, version: u64, deleted: bool| (id.to_string(), version, deleted);
+    let (old, next) = scan(SnapshotQuery::new("SnapA", snap)).await;
+    assert_eq!(
+        old,
+        vec![v("a", 1, false), v("b", 1, false), v("c", 1, false)],
+        "the old snapshot keeps the old versions and misses later creations"
+    );
+    assert_eq!(next, None, "a short page is the last");
+    let (new, _) = scan(SnapshotQuery::new("SnapA", later)).await;
+    assert_eq!(
+        new,
+        vec![v("a", 2, false), v("c", 1, false), v("d", 1, false)],
+        "the new snapshot skips deleted resources"
+    );
+    let mut q = SnapshotQuery::new("SnapA", later);
+    q.include_deleted = true;
+    let (with_deleted, _) = scan(q).await;
+    assert!(
+        with_deleted.contains(&v("b", 2, true)),
+        "include_deleted returns the deletion"
+    );
+    let body = store
+        .snapshot_scan(&SnapshotQuery::new("SnapA", snap))
+        .await
+        .unwrap()
+        .records[0]
+        .body
+        .clone();
+    assert_eq!(
+        body.as_deref(),
+        Some(r#"{"v":1}"#),
+        "the old version's body"
+    );
+
+    // paging by id
+    let mut q = SnapshotQuery::new("SnapA", snap);
+    q.limit = 2;
+    let (first, next) = scan(q.clone()).await;
+    assert_eq!(first, vec![v("a", 1, false), v("b", 1, false)]);
+    assert_eq!(
+        next.as_deref(),
+        Some("b"),
+        "a full page names where to continue"
+    );
+    q.after_id = next;
+    let (second, _) = scan(q).await;
+    assert_eq!(
+        second,
+        vec![v("c", 1, false)],
+        "the next page continues after the id"
+    );
+
+    // a selection of ids
+    let mut q = SnapshotQuery::new("SnapA", snap);
+    q.ids = Some(vec!["c".into(), "a".into(), "d".into()]);
+    let (sel, _) = scan(q).await;
+    assert_eq!(
+        sel,
+        vec![v("a", 1, false), v("c", 1, false)],
+        "only the named ids, by id"
+    );
+
+    // since / until on last_updated (version 1 at +1 µs, version 2 at +2 µs)
+    let t1 = 1_700_000_000_000_001;
+    let mut q = SnapshotQuery::new("SnapA", later);
+    q.since = Some(t1 + 1);
+    let (since, _) = scan(q).await;
+    assert_eq!(
+        since,
+        vec![v("a", 2, false)],
+        "since keeps versions written at or after it"
+    );
+    let mut q = SnapshotQuery::new("SnapA", later);
+    q.until = Some(t1);
+    let (until, _) = scan(q).await;
+    assert_eq!(
+        until,
+        vec![
+            v("a", 1, false),
+            v("b", 1, false),
+            v("c", 1, false),
+            v("d", 1, false)
+        ],
+        "until returns each resource as it was at that time"
+    );
 }
 
 /// `purge` removes every version and index row of a resource and nothing else.

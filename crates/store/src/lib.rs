@@ -105,6 +105,16 @@ pub trait Store: Send + Sync + 'static {
     /// files (SQLite: merge the full-text index, checkpoint and truncate the WAL; deleted
     /// cells are already zeroed by `secure_delete`).
     async fn compact(&self) -> Result<()>;
+    /// The `seq` of the newest committed version (0 for an empty store): a snapshot
+    /// point for [`Store::snapshot_scan`]. On SQLite (one writer) every version with a
+    /// smaller `seq` is committed; on PostgreSQL a transaction still open may yet
+    /// commit a smaller one (see docs/bulk.md).
+    async fn snapshot_seq(&self) -> Result<i64>;
+
+    /// Resources of one type as of a snapshot (bulk export): for each resource the
+    /// latest version with `seq <= at_seq` (and `last_updated <= until`), ordered by id,
+    /// `limit` at a time. Later writes never change the answer.
+    async fn snapshot_scan(&self, query: &SnapshotQuery) -> Result<SnapshotPage>;
 }
 
 /// One atomic unit of work on a [`Store`].

@@ -506,3 +506,47 @@ pub struct SearchPage {
     pub first_cursor: Option<Cursor>,
     pub last_cursor: Option<Cursor>,
 }
+
+/// What [`crate::Store::snapshot_scan`] reads: the resources of one type as they were at
+/// a past point of the store (`at_seq`), for exports that must not see later writes.
+#[derive(Debug, Clone)]
+pub struct SnapshotQuery {
+    pub rtype: String,
+    /// The snapshot: per resource, the latest version with `seq <= at_seq`.
+    pub at_seq: i64,
+    /// ... and with `last_updated <= until` (micros), when given (`_until`).
+    pub until: Option<i64>,
+    /// Only versions with `last_updated >= since` (micros), when given (`_since`).
+    pub since: Option<i64>,
+    /// Whether resources deleted at the snapshot are returned (as records without
+    /// a body); otherwise they are skipped.
+    pub include_deleted: bool,
+    /// Only these ids, when given (a compartment or `_typeFilter` selection).
+    pub ids: Option<Vec<String>>,
+    /// Continue after this id (exclusive); results are ordered by id (byte order).
+    pub after_id: Option<String>,
+    pub limit: usize,
+}
+
+impl SnapshotQuery {
+    pub fn new(rtype: impl Into<String>, at_seq: i64) -> Self {
+        SnapshotQuery {
+            rtype: rtype.into(),
+            at_seq,
+            until: None,
+            since: None,
+            include_deleted: false,
+            ids: None,
+            after_id: None,
+            limit: 1000,
+        }
+    }
+}
+
+/// A page of [`crate::Store::snapshot_scan`].
+#[derive(Debug, Clone)]
+pub struct SnapshotPage {
+    pub records: Vec<VersionRecord>,
+    /// The id to continue after (`None`: this was the last page).
+    pub next: Option<String>,
+}

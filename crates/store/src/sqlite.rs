@@ -13,8 +13,8 @@
 
 use crate::{
     ContainedIndex, FullText, Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method,
-    NewVersion, Result, ScanPage, SearchPage, SearchQuery, Store, StoreError, StoreTx,
-    VersionRecord,
+    NewVersion, Result, ScanPage, SearchPage, SearchQuery, SnapshotPage, SnapshotQuery, Store,
+    StoreError, StoreTx, VersionRecord,
 };
 use async_trait::async_trait;
 use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
@@ -457,6 +457,74 @@ fn history(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage> {
     })
 }
 
+/// The snapshot version of each resource: its current row when that is old enough
+/// (the common case, no extra lookup), else the newest older version that is.
+const SNAPSHOT_JOIN: &str = "FROM resources r JOIN resource_versions v ON v.seq = CASE \
+     WHEN r.seq <= ?2 AND r.last_updated <= ?3 THEN r.seq \
+     ELSE (SELECT max(w.seq) FROM resource_versions w WHERE w.rtype = r.rtype AND w.id = r.id \
+           AND w.seq <= ?2 AND w.last_updated <= ?3) END \
+     WHERE r.rtype = ?1 AND v.last_updated >= ?4 AND (?5 OR v.body IS NOT NULL)";
+
+fn snapshot_scan(conn: &Connection, q: &SnapshotQuery) -> Result<SnapshotPage> {
+    let until = q.until.unwrap_or(i64::MAX);
+    let since = q.since.unwrap_or(i64::MIN);
+    let after = q.after_id.as_deref().unwrap_or("");
+    let mut records = Vec::new();
+    match &q.ids {
+        None => {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {VERSION_COLS} {SNAPSHOT_JOIN} AND r.id > ?6 ORDER BY r.id LIMIT ?7"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(
+                    params![
+                        q.rtype,
+                        q.at_seq,
+                        until,
+                        since,
+                        q.include_deleted,
+                        after,
+                        q.limit as i64
+                    ],
+                    row_to_record,
+                )
+                .map_err(db_err)?;
+            for row in rows {
+                records.push(row.map_err(db_err)?);
+            }
+        }
+        Some(ids) => {
+            let mut ids: Vec<&String> = ids.iter().filter(|id| id.as_str() > after).collect();
+            ids.sort();
+            ids.dedup();
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {VERSION_COLS} {SNAPSHOT_JOIN} AND r.id = ?6"
+                ))
+                .map_err(db_err)?;
+            for id in ids {
+                if records.len() == q.limit {
+                    break;
+                }
+                let rec = st
+                    .query_row(
+                        params![q.rtype, q.at_seq, until, since, q.include_deleted, id],
+                        row_to_record,
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                records.extend(rec);
+            }
+        }
+    }
+    let next = (records.len() == q.limit && q.limit > 0)
+        .then(|| records.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(SnapshotPage { records, next })
+}
+
 fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage> {
     crate::sqlite_query::run(conn, q)
 }
@@ -628,6 +696,20 @@ impl Store for SqliteStore {
                 .map_err(db_err)
             })
             .await
+    }
+
+    async fn snapshot_seq(&self) -> Result<i64> {
+        let conn = self.reader()?;
+        let seq: Option<i64> = conn
+            .prepare_cached("SELECT max(seq) FROM resource_versions")
+            .map_err(db_err)?
+            .query_row([], |r| r.get(0))
+            .map_err(db_err)?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn snapshot_scan(&self, query: &SnapshotQuery) -> Result<SnapshotPage> {
+        snapshot_scan(&*self.reader()?, query)
     }
 
     async fn counts(&self) -> Result<Vec<(String, u64)>> {

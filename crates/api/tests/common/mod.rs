@@ -320,3 +320,28 @@ pub fn location_parts(loc: &str) -> (String, String, String) {
     let rtype = parts[3].rsplit('/').next().unwrap().to_string();
     (rtype, parts[2].to_string(), parts[0].to_string())
 }
+
+/// [`app`] with bulk data jobs enabled (`$export`, `$import`), their folder under the
+/// app's temporary directory; `configure` adjusts the settings.
+pub fn bulk_app(configure: impl FnOnce(&mut salus_bulk::BulkConfig)) -> App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, pg) = backend(dir.path());
+    let service = FhirService::new(store, Limits::default());
+    let mut config = salus_bulk::BulkConfig::new(dir.path().join("bulk"));
+    configure(&mut config);
+    let engine = salus_bulk::BulkEngine::new(service.clone(), config);
+    let state = AppState::new(service, ApiConfig::default()).with_bulk(engine);
+    App {
+        router: router(state.clone()),
+        state,
+        _dir: dir,
+        _pg: pg,
+    }
+}
+
+impl App {
+    /// The app's temporary directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
