@@ -632,3 +632,100 @@ async fn a_denying_consent_blocks_that_actor_or_purpose() {
         .await
         .expect(200);
 }
+
+fn secured_bulk() -> App {
+    bulk_app_wired(|_| {}, |s: AppState| s.with_auth(Arc::new(tokens())))
+}
+
+#[tokio::test]
+async fn everything_and_bulk_export_stay_inside_the_grant() {
+    let app = secured_bulk();
+    seed(&app).await;
+    // $everything: B's record is refused to A; A's own has no B data
+    let r = as_(
+        &app,
+        Some("tok-a"),
+        "GET",
+        "/Patient/pat-b/$everything",
+        None,
+    )
+    .await;
+    assert!(matches!(r.status.as_u16(), 403 | 404), "{}", r.text);
+    no_b(&r, "$everything of B");
+    let r = as_(
+        &app,
+        Some("tok-a"),
+        "GET",
+        "/Patient/pat-a/$everything",
+        None,
+    )
+    .await
+    .expect(200);
+    no_b(&r, "$everything of A");
+    assert!(r.text.contains("Abigail") && r.text.contains("A-RESULT"));
+    // $export as patient A: every file holds A's data only; others cannot fetch it
+    for kick in ["/$export", "/Patient/$export"] {
+        let r = app
+            .req(
+                "GET",
+                kick,
+                &[
+                    ("authorization", "Bearer tok-a"),
+                    ("prefer", "respond-async"),
+                    ("accept", "application/fhir+json"),
+                ],
+                None,
+            )
+            .await
+            .expect(202);
+        let status_url = r.header("content-location").unwrap().to_string();
+        let path = status_url
+            .trim_start_matches("http://localhost")
+            .to_string();
+        let mut manifest = Value::Null;
+        for _ in 0..200 {
+            let s = as_(&app, Some("tok-a"), "GET", &path, None).await;
+            if s.status.as_u16() == 200 {
+                manifest = s.json;
+                break;
+            }
+            assert_eq!(s.status.as_u16(), 202, "{}", s.text);
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let outputs = manifest["output"]
+            .as_array()
+            .expect("manifest output")
+            .clone();
+        assert!(!outputs.is_empty(), "{manifest}");
+        let mut all = String::new();
+        for o in &outputs {
+            let url = o["url"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("http://localhost")
+                .to_string();
+            let f = as_(&app, Some("tok-a"), "GET", &url, None)
+                .await
+                .expect(200);
+            all.push_str(&f.text);
+            // another caller, or none, gets nothing
+            let other = as_(&app, Some("tok-b"), "GET", &url, None).await;
+            assert!(
+                matches!(other.status.as_u16(), 403 | 404),
+                "{kick}: B fetched A's export: {}",
+                other.status
+            );
+            as_(&app, None, "GET", &url, None).await.expect(401);
+        }
+        for m in B_MARKS {
+            assert!(
+                !all.contains(m),
+                "{kick}: export for A holds B's data ({m})"
+            );
+        }
+        assert!(all.contains("A-RESULT"), "{kick}: {all}");
+        // B cannot read A's job status either
+        let s = as_(&app, Some("tok-b"), "GET", &path, None).await;
+        assert!(matches!(s.status.as_u16(), 403 | 404));
+    }
+}

@@ -114,6 +114,12 @@ pub async fn everything(
     let mut next = None;
     while ti < types.len() {
         let rtype = &types[ti];
+        // Types the caller may not search (the audit trail for a patient) are left out.
+        if !service.permits(salus_service::salus_access::Interaction::Search, rtype) {
+            ti += 1;
+            token = None;
+            continue;
+        }
         let mut pairs = vec![("_count".to_string(), (count - matched.len()).to_string())];
         if let Some(s) = &req.since {
             pairs.push(("_lastUpdated".into(), format!("ge{s}")));

@@ -424,6 +424,10 @@ pub(crate) async fn run(
         if handle.cancelled.load(Ordering::Relaxed) {
             return Ok(());
         }
+        // A caller's export holds only the types its grant lets it search.
+        if !service.permits(salus_service::salus_access::Interaction::Search, rtype) {
+            continue;
+        }
         handle.set_progress(done, total, rtype);
         let mut out = SplitWriter::new(
             &dir,

@@ -34,7 +34,7 @@ fn forbidden(msg: impl Into<String>) -> StoreError {
     StoreError::Forbidden(msg.into())
 }
 
-fn class(rtype: &str) -> TypeClass {
+pub(crate) fn class(rtype: &str) -> TypeClass {
     if defs::patient_compartment_params(rtype).is_some() {
         TypeClass::Compartment
     } else if REFERENCE_TYPES.contains(&rtype) {

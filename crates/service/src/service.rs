@@ -526,6 +526,18 @@ impl FhirService {
         s
     }
 
+    /// Whether the caller may do `interaction` on at least some resources of `rtype`
+    /// (operations that walk many types, `$everything` and `$export`, skip the others).
+    pub fn permits(&self, interaction: salus_access::Interaction, rtype: &str) -> bool {
+        match &self.access {
+            salus_access::Access::Internal => true,
+            salus_access::Access::Caller(who) => self
+                .policy
+                .decide(who, interaction, rtype, crate::access::class(rtype))
+                .is_ok(),
+        }
+    }
+
     /// Who this service acts for.
     pub fn access(&self) -> &salus_access::Access {
         &self.access

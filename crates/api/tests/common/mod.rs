@@ -324,13 +324,21 @@ pub fn location_parts(loc: &str) -> (String, String, String) {
 /// [`app`] with bulk data jobs enabled (`$export`, `$import`), their folder under the
 /// app's temporary directory; `configure` adjusts the settings.
 pub fn bulk_app(configure: impl FnOnce(&mut salus_bulk::BulkConfig)) -> App {
+    bulk_app_wired(configure, |s| s)
+}
+
+/// [`bulk_app`] whose state `wire` finishes (auth, audit, …).
+pub fn bulk_app_wired(
+    configure: impl FnOnce(&mut salus_bulk::BulkConfig),
+    wire: impl FnOnce(AppState) -> AppState,
+) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
     let (store, pg) = backend(dir.path());
     let service = FhirService::new(store, Limits::default());
     let mut config = salus_bulk::BulkConfig::new(dir.path().join("bulk"));
     configure(&mut config);
     let engine = salus_bulk::BulkEngine::new(service.clone(), config);
-    let state = AppState::new(service, ApiConfig::default()).with_bulk(engine);
+    let state = wire(AppState::new(service, ApiConfig::default()).with_bulk(engine));
     App {
         router: router(state.clone()),
         state,
