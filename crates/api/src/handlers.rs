@@ -25,7 +25,7 @@ fn pairs(q: &Option<String>) -> Pairs {
 }
 
 /// The server's base URL for `fullUrl`, `Location` and links.
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(b) = &state.config.base_url {
         return b.trim_end_matches('/').to_string();
     }

@@ -12,6 +12,7 @@ pub mod devices;
 pub mod error;
 mod handlers;
 mod negotiate;
+pub mod scheduling;
 mod views;
 
 use axum::routing::{get, post};
@@ -54,6 +55,8 @@ pub struct AppState {
     pub convert_options: Arc<salus_hl7v2::ConvertOptions>,
     /// The HTTP device source (`POST /devices/messages`), when devices are configured.
     pub devices: Option<Arc<devices::DeviceEndpoint>>,
+    /// Scheduling settings and the video provider (`Appointment/$book` and friends).
+    pub scheduling: Arc<salus_service::scheduling::Scheduling>,
 }
 
 impl AppState {
@@ -66,12 +69,19 @@ impl AppState {
             hl7_metrics: Arc::default(),
             convert_options: Arc::default(),
             devices: None,
+            scheduling: Arc::default(),
         }
     }
 
     /// Accept device messages over HTTP, delivering them to this endpoint's sink.
     pub fn with_devices(mut self, endpoint: devices::DeviceEndpoint) -> Self {
         self.devices = Some(Arc::new(endpoint));
+        self
+    }
+
+    /// Use these scheduling settings (hold time, reminders, video provider).
+    pub fn with_scheduling(mut self, scheduling: salus_service::scheduling::Scheduling) -> Self {
+        self.scheduling = Arc::new(scheduling);
         self
     }
 
@@ -160,6 +170,32 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/messages", post(device_messages))
         .route("/metrics", get(metrics_with_hl7))
         .route("/_history", get(history_system))
+        // scheduling operations (crates/api/src/scheduling.rs): static segments win
+        // over the generic `/{rtype}/…` routes below
+        .route("/$worklist", get(scheduling::worklist))
+        .route(
+            "/Schedule/{id}/$set-availability",
+            post(scheduling::set_availability),
+        )
+        .route(
+            "/Appointment/$find",
+            get(scheduling::find_get).post(scheduling::find_post),
+        )
+        .route("/Appointment/$hold", post(scheduling::hold))
+        .route("/Appointment/$book", post(scheduling::book))
+        .route("/Appointment/$waitlist", post(scheduling::waitlist))
+        .route("/Appointment/{id}/$cancel", post(scheduling::cancel))
+        .route(
+            "/Appointment/{id}/$reschedule",
+            post(scheduling::reschedule),
+        )
+        .route(
+            "/Appointment/{id}/$set-status",
+            post(scheduling::set_status),
+        )
+        .route("/Patient/{id}/$ics", get(scheduling::ics_patient))
+        .route("/Practitioner/{id}/$ics", get(scheduling::ics_practitioner))
+        .route("/PractitionerRole/{id}/$ics", get(scheduling::ics_role))
         .route(
             "/{rtype}",
             get(search_type)

@@ -52,3 +52,21 @@ pub fn fhir_instant(ts: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> String {
 pub fn parse_instant(s: &str) -> Option<jiff::Timestamp> {
     s.parse::<jiff::Timestamp>().ok()
 }
+
+/// Re-exported so callers use the same time types (and the same bundled tz database).
+pub use jiff;
+
+/// A deterministic FHIR id (at most 64 characters) for `prefix` and `parts`: slots and
+/// reminders get the same id every time they are generated, so regenerating is
+/// idempotent and two writers creating the same one collide instead of duplicating.
+pub fn stable_id(prefix: &str, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+}

@@ -16,6 +16,7 @@ mod index;
 mod query;
 mod reindex;
 pub mod response;
+pub mod scheduling;
 mod search;
 mod service;
 pub mod shape;
