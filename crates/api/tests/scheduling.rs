@@ -1024,3 +1024,50 @@ async fn ical_feeds_parse_back() {
     }
     app.get("/Patient/none/$ics").await.expect_outcome(404);
 }
+
+/// Two application instances on one database (two server processes): 50 bookers on
+/// each race for the same slot; exactly one wins across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_database_never_double_book() {
+    let app = sched_app();
+    let (_, _, sched) = provider(&app, "cardiology", "de", "video-15", true).await;
+    let slot = slot_ref(&free_slots(&app, &sched).await[2]);
+    let mut patients = Vec::new();
+    for i in 0..100 {
+        patients.push(patient(&app, &format!("t{i}")).await);
+    }
+    let other = salus_api::router(app.twin().with_scheduling(Scheduling {
+        config: SchedulingConfig::default(),
+        video: Arc::new(JitsiProvider::new(
+            "https://meet.example.org",
+            SECRET,
+            "salus",
+            30,
+        )),
+    }));
+    let routers = [app.router.clone(), other];
+    let tasks: Vec<_> = patients
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let router = routers[i % 2].clone();
+            let body = serde_json::to_vec(&params(&[("slot", json!(slot)), ("patient", json!(p))]))
+                .unwrap();
+            tokio::spawn(async move {
+                use tower::ServiceExt;
+                let req = axum::http::Request::post("/Appointment/$book")
+                    .header("content-type", "application/fhir+json")
+                    .body(axum::body::Body::from(body))
+                    .unwrap();
+                router.oneshot(req).await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 409).count(), 99, "{codes:?}");
+    assert_eq!(app.count("Appointment").await, 1);
+}
