@@ -145,6 +145,8 @@ pub struct Config {
     pub hl7: Hl7Config,
     /// Remote patient monitoring (`[devices]`, docs/devices.md); off unless templates are set.
     pub devices: crate::devices::DevicesConfig,
+    /// Virtual-visit scheduling (`[scheduling]`, docs/scheduling.md).
+    pub scheduling: crate::scheduling::SchedulingSection,
 }
 
 impl Default for Config {
@@ -159,6 +161,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             hl7: Hl7Config::default(),
             devices: Default::default(),
+            scheduling: Default::default(),
         }
     }
 }
@@ -273,6 +276,7 @@ impl Config {
             }
         }
         self.hl7.validate(self.listen)?;
+        self.scheduling.validate()?;
         Ok(())
     }
 }

@@ -8,5 +8,6 @@ pub mod demo;
 pub mod devices;
 pub mod hl7;
 pub mod import;
+pub mod scheduling;
 pub mod serve;
 pub mod views;

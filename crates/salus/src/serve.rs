@@ -159,6 +159,7 @@ pub fn app_state(config: &Config, service: FhirService) -> AppState {
         },
     )
     .with_convert_options(config.hl7.convert_options())
+    .with_scheduling(config.scheduling.scheduling())
 }
 
 /// Serve HL7 v2 over MLLP on `listener` until `shutdown` completes; the message in
@@ -339,6 +340,13 @@ pub async fn serve(config: Config) -> Result<()> {
         }));
         tracing::info!("device ingestion ready: POST /devices/messages");
     }
+    // Scheduling: the reminder outbox and the slot sweeper.
+    device_tasks.push(tokio::spawn(crate::scheduling::run_workers(
+        svc.clone(),
+        config.scheduling.clone(),
+        state.scheduling.clone(),
+        stopped(stop_rx.clone()),
+    )));
     match mllp {
         Some(l) => {
             tokio::try_join!(
