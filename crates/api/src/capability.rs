@@ -44,7 +44,7 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
                 "searchParam": params,
                 "searchInclude": includes,
                 "searchRevInclude": ["*"],
-                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+                "operation": operations(t)
             })
         })
         .collect();
@@ -62,10 +62,40 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
         "rest": [{
             "mode": "server",
             "resource": resources,
+            "operation": [{"name": "worklist", "definition": "https://salus.dev/fhir/OperationDefinition/worklist"}],
             "interaction": [
                 {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                 {"code": "search-system"}
             ]
         }]
     })
+}
+
+/// `$validate` everywhere, plus the scheduling operations (docs/scheduling.md) on the
+/// types that have them.
+fn operations(rtype: &str) -> Vec<serde_json::Value> {
+    let mut ops = vec![
+        json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
+    ];
+    let extra: &[&str] = match rtype {
+        "Appointment" => &[
+            "find",
+            "hold",
+            "book",
+            "waitlist",
+            "cancel",
+            "reschedule",
+            "set-status",
+        ],
+        "Schedule" => &["set-availability"],
+        "Patient" | "Practitioner" | "PractitionerRole" => &["ics"],
+        _ => &[],
+    };
+    for name in extra {
+        ops.push(json!({
+            "name": name,
+            "definition": format!("https://salus.dev/fhir/OperationDefinition/{rtype}-{name}")
+        }));
+    }
+    ops
 }

@@ -1071,3 +1071,28 @@ async fn two_instances_on_one_database_never_double_book() {
     assert_eq!(codes.iter().filter(|c| **c == 409).count(), 99, "{codes:?}");
     assert_eq!(app.count("Appointment").await, 1);
 }
+
+#[tokio::test]
+async fn the_capability_statement_lists_the_operations() {
+    let app = sched_app();
+    let r = app.get("/metadata").await.expect(200);
+    let rest = &r.json["rest"][0];
+    let ops = |t: &str| -> Vec<String> {
+        rest["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["type"] == t)
+            .unwrap()["operation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(ops("Appointment").contains(&"book".to_string()));
+    assert!(ops("Schedule").contains(&"set-availability".to_string()));
+    assert!(ops("Patient").contains(&"ics".to_string()));
+    assert_eq!(ops("Observation"), ["validate"]);
+    assert_eq!(rest["operation"][0]["name"], "worklist");
+}
