@@ -3,7 +3,7 @@
 //! sweeper that rolls slot horizons forward and frees expired holds.
 
 use anyhow::{bail, Result};
-use salus_scheduling::channel::{PortalChannel, WebhookSmsChannel};
+use salus_scheduling::channel::{PortalChannel, SmtpEmailChannel, WebhookSmsChannel};
 use salus_scheduling::jiff::Timestamp;
 use salus_scheduling::{Channel, JitsiProvider};
 use salus_service::scheduling::{Scheduling, SchedulingConfig};
@@ -45,6 +45,15 @@ pub struct SchedulingSection {
     /// Bearer token for the SMS gateway (or `SALUS_SMS_WEBHOOK_TOKEN`).
     #[serde(skip_serializing)]
     pub sms_webhook_token: Option<String>,
+    /// SMTP relay host for e-mail reminders (plain SMTP, no TLS: a local relay).
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    /// Sender, `Clinic <visits@clinic.example>`.
+    pub smtp_from: Option<String>,
+    pub smtp_username: Option<String>,
+    /// SMTP password (or `SALUS_SMTP_PASSWORD`); never printed or serialized.
+    #[serde(skip_serializing)]
+    pub smtp_password: Option<String>,
     /// Seconds between outbox passes.
     pub outbox_interval_seconds: u64,
     /// Seconds between sweeps (slot horizon, expired holds).
@@ -61,6 +70,11 @@ impl std::fmt::Debug for SchedulingSection {
             .field("video_base_url", &self.video_base_url)
             .field("video_secret", &self.video_secret.as_ref().map(|_| "<set>"))
             .field("sms_webhook_url", &self.sms_webhook_url)
+            .field("smtp_host", &self.smtp_host)
+            .field(
+                "smtp_password",
+                &self.smtp_password.as_ref().map(|_| "<set>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +96,11 @@ impl Default for SchedulingSection {
             video_grace_minutes: 30,
             sms_webhook_url: None,
             sms_webhook_token: None,
+            smtp_host: None,
+            smtp_port: 25,
+            smtp_from: None,
+            smtp_username: None,
+            smtp_password: None,
             outbox_interval_seconds: 30,
             sweep_interval_seconds: 3600,
         }
@@ -108,8 +127,9 @@ impl SchedulingSection {
             "portal" => {}
             "sms" if self.sms_webhook_url.is_some() => {}
             "sms" => bail!("scheduling.patient_channel = \"sms\" needs scheduling.sms_webhook_url"),
-            "email" => bail!("scheduling.patient_channel = \"email\" is not available yet (no SMTP channel); use portal or sms"),
-            other => bail!("scheduling.patient_channel must be portal or sms, got '{other}'"),
+            "email" if self.smtp_host.is_some() && self.smtp_from.is_some() => {}
+            "email" => bail!("scheduling.patient_channel = \"email\" needs scheduling.smtp_host and scheduling.smtp_from"),
+            other => bail!("scheduling.patient_channel must be portal, sms or email, got '{other}'"),
         }
         for (name, url) in [
             ("video_base_url", Some(&self.video_base_url)),
@@ -119,6 +139,11 @@ impl SchedulingSection {
                 if !(u.starts_with("https://") || u.starts_with("http://")) {
                     bail!("scheduling.{name} must start with http:// or https://, got '{u}'");
                 }
+            }
+        }
+        if let Some(from) = &self.smtp_from {
+            if !from.contains('@') {
+                bail!("scheduling.smtp_from must be an e-mail address, got '{from}'");
             }
         }
         if self.lease_seconds < 1
@@ -157,8 +182,18 @@ impl SchedulingSection {
     }
 
     /// The channels the outbox delivers through.
-    pub fn channels(&self) -> Vec<Arc<dyn Channel>> {
+    pub fn channels(&self) -> Result<Vec<Arc<dyn Channel>>> {
         let mut out: Vec<Arc<dyn Channel>> = vec![Arc::new(PortalChannel)];
+        if let (Some(host), Some(from)) = (&self.smtp_host, &self.smtp_from) {
+            let password = self
+                .smtp_password
+                .clone()
+                .or_else(|| std::env::var("SALUS_SMTP_PASSWORD").ok());
+            let creds = self.smtp_username.clone().zip(password);
+            let ch = SmtpEmailChannel::new(host, self.smtp_port, from, creds)
+                .map_err(|e| anyhow::anyhow!("scheduling.smtp_from: {e}"))?;
+            out.push(Arc::new(ch));
+        }
         if let Some(url) = &self.sms_webhook_url {
             let token = self
                 .sms_webhook_token
@@ -166,7 +201,7 @@ impl SchedulingSection {
                 .or_else(|| std::env::var("SALUS_SMS_WEBHOOK_TOKEN").ok());
             out.push(Arc::new(WebhookSmsChannel::new(url, token)));
         }
-        out
+        Ok(out)
     }
 }
 
@@ -177,7 +212,13 @@ pub async fn run_workers(
     scheduling: Arc<Scheduling>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let channels = section.channels();
+    let channels = match section.channels() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "scheduling channels not started");
+            return;
+        }
+    };
     let worker = format!(
         "salus-{}-{}",
         std::process::id(),
