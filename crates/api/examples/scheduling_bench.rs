@@ -123,7 +123,10 @@ async fn main() {
     let now = salus_scheduling::jiff::Timestamp::now();
     let mut lat = Vec::new();
     let mut found = 0usize;
-    let n_find = 500;
+    let n_find: usize = std::env::var("BENCH_FINDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let t = Instant::now();
     for i in 0..n_find {
         let day = now

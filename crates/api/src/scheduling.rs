@@ -228,7 +228,6 @@ async fn find(state: AppState, headers: HeaderMap, p: Pairs) -> ApiResult {
                 | "_count"
                 | "_format"
                 | "_pretty"
-                | "patient"
         ) {
             return Err(FhirError::invalid_at(
                 IssueCode::NotSupported,

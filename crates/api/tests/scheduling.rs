@@ -200,6 +200,20 @@ async fn availability_becomes_slots_and_new_rules_keep_booked_ones() {
         .as_str()
         .unwrap()
         .contains("10:00"));
+    // the sweeper rolls the horizon forward: two days later, two more days of slots
+    let before = app.count("Slot").await;
+    let two_days = Timestamp::now()
+        .checked_add(SignedDuration::from_hours(48))
+        .unwrap();
+    app.state
+        .service
+        .refresh_schedules(&app.state.scheduling, two_days)
+        .await
+        .unwrap();
+    let after = app.count("Slot").await;
+    // 10:00–12:00 is 6 slots a day; two new days at the end of the horizon
+    assert!(after >= before + 6, "{before} → {after}");
+    let now_free = free_slots(&app, &sched).await;
     // bad rules: a clear OperationOutcome naming the field, nothing changed
     let bad = json!({"timeZone": "Europe/Berln", "visitTypes": [{"code": "v", "minutes": 15, "virtual": true}]});
     let r = app
@@ -492,6 +506,15 @@ async fn an_expired_hold_is_free_again() {
         .await
         .expect_outcome(400);
     assert!(r.text.contains("minutes"));
+    // a slot that has started cannot be held
+    let far = now
+        .checked_add(SignedDuration::from_hours(24 * 30))
+        .unwrap();
+    let e = svc
+        .hold_slot(s, found[3]["id"].as_str().unwrap(), &p1, Some(5), far)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("in the past"), "{e}");
     // the sweeper tidies expired holds up
     let other = &found[2];
     svc.hold_slot(s, other["id"].as_str().unwrap(), &p1, Some(1), now)

@@ -54,6 +54,10 @@ pub const CODES: &str = "https://salus.dev/fhir/CodeSystem/scheduling";
 pub const VISIT_TYPES: &str = "https://salus.dev/fhir/CodeSystem/visit-type";
 /// Communication.medium codes: `portal`, `sms`, `email` (the channel that delivers it).
 pub const MEDIUM: &str = "https://salus.dev/fhir/CodeSystem/message-channel";
+/// Slot identifiers that make day lookups exact index hits: the UTC date of the start
+/// (`2026-03-30`) and the schedule with it (`Schedule/x@2026-03-30`).
+pub const SLOT_DAY: &str = "https://salus.dev/fhir/NamingSystem/slot-day";
+pub const SLOT_SCHEDULE_DAY: &str = "https://salus.dev/fhir/NamingSystem/slot-schedule-day";
 /// Identifier system of outbox messages: the idempotency key.
 pub const MESSAGE_KEY: &str = "https://salus.dev/fhir/NamingSystem/message-key";
 
@@ -466,9 +470,14 @@ fn slot_json(
     if let Some(d) = vt.and_then(|v| v.display.as_deref()) {
         coding["display"] = json!(d);
     }
+    let day = s.start.strftime("%Y-%m-%d").to_string();
     json!({
         "resourceType": "Slot",
         "extension": [{"url": EXT_VIRTUAL, "valueBoolean": s.is_virtual}],
+        "identifier": [
+            {"system": SLOT_DAY, "value": day},
+            {"system": SLOT_SCHEDULE_DAY, "value": format!("Schedule/{schedule_id}@{day}")}
+        ],
         "serviceType": [{"coding": [coding]}],
         "appointmentType": {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/v2-0276",
@@ -549,11 +558,14 @@ impl FhirService {
     /// Roll every Schedule with rules forward to the horizon and free expired holds
     /// (the sweeper `salus serve` runs periodically; also safe to run by hand).
     pub async fn refresh_schedules(&self, sched: &Scheduling, now: Timestamp) -> Result<usize> {
-        let q = query("Schedule", &[("active", "true".into())], MAX_READ)?;
+        let q = query("Schedule", &[], MAX_READ)?;
         let schedules = self.store().search(&q).await?.entries;
         let mut n = 0;
         for rec in schedules {
             let body = parse_body(&rec)?;
+            if body.get("active").and_then(Value::as_bool) == Some(false) {
+                continue;
+            }
             let Some(rules) = rules_of(&body)? else {
                 continue;
             };
@@ -681,6 +693,55 @@ impl FhirService {
             return Ok(vec![]);
         }
         let count = q.count.clamp(1, 1000);
+        // A window of up to a week: look the slots up by their day identifiers (exact
+        // token hits: one schedule-day, or one day across all providers, each a few
+        // thousand slots at most) and filter window, status and type here. An open
+        // date range would make the database walk every future slot.
+        if end.duration_since(start) <= SignedDuration::from_hours(24 * 7) {
+            let mut days = Vec::new();
+            let mut d = start.to_zoned(TimeZone::UTC).date();
+            let last = end.to_zoned(TimeZone::UTC).date();
+            while d <= last {
+                days.push(d.to_string());
+                d = match d.tomorrow() {
+                    Ok(n) => n,
+                    Err(_) => break,
+                };
+            }
+            let values: Vec<String> = match &schedules {
+                Some(list) => list
+                    .iter()
+                    .flat_map(|s| {
+                        days.iter()
+                            .map(move |d| format!("{SLOT_SCHEDULE_DAY}|{s}@{d}"))
+                    })
+                    .collect(),
+                None => days.iter().map(|d| format!("{SLOT_DAY}|{d}")).collect(),
+            };
+            let mut out: Vec<(Timestamp, Value)> = Vec::new();
+            for chunk in values.chunks(300) {
+                let qq = query("Slot", &[("identifier", chunk.join(","))], MAX_READ)?;
+                for r in store.search(&qq).await?.entries {
+                    let b = parse_body(&r)?;
+                    let st = instant_at(&b, "start").unwrap_or(now);
+                    if st < start || st >= end {
+                        continue;
+                    }
+                    if effective_status(&b, now) != "free"
+                        || q.is_virtual.is_some_and(|v| v != is_virtual(&b))
+                        || q.visit_type
+                            .as_ref()
+                            .is_some_and(|vt| visit_type_of(&b).as_ref() != Some(vt))
+                    {
+                        continue;
+                    }
+                    out.push((st, b));
+                }
+            }
+            out.sort_by_key(|(s, _)| *s);
+            out.truncate(count);
+            return Ok(out.into_iter().map(|(_, b)| b).collect());
+        }
         let mut base: Vec<(&'static str, String)> = vec![
             ("status", "free,busy-tentative".into()),
             ("start", format!("ge{}", utc(start))),
@@ -754,6 +815,9 @@ impl FhirService {
                 tx.lock(&format!("Slot/{slot_id}")).await?;
                 let (cur, slot) = tx_get(tx, "Slot", slot_id).await?;
                 check_takeable(&slot, slot_id, patient, now)?;
+                if instant_at(&slot, "start").is_none_or(|s| s <= now) {
+                    return Err(rule(format!("Slot/{slot_id} is in the past")));
+                }
                 let body = hold(slot, patient, expires);
                 let rec = save(tx, "Slot", slot_id, body, Some(&cur)).await?;
                 parse_body(&rec)
@@ -1547,9 +1611,16 @@ async fn regenerate(
 }
 
 fn same_slot(a: &Value, b: &Value) -> bool {
-    ["start", "end", "serviceType", "extension", "status"]
-        .iter()
-        .all(|k| a.get(*k) == b.get(*k))
+    [
+        "start",
+        "end",
+        "serviceType",
+        "extension",
+        "status",
+        "identifier",
+    ]
+    .iter()
+    .all(|k| a.get(*k) == b.get(*k))
 }
 
 /// Whether `patient` may take the slot now; the 409 says why not.
