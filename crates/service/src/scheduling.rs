@@ -708,21 +708,34 @@ impl FhirService {
                     Err(_) => break,
                 };
             }
+            // One exact lookup per value: a long OR of token values is not an index
+            // hit for every backend. Many schedules: look the days up and keep the
+            // wanted schedules' slots.
+            let wanted: Option<HashSet<&str>> = schedules
+                .as_ref()
+                .map(|l| l.iter().map(String::as_str).collect());
             let values: Vec<String> = match &schedules {
-                Some(list) => list
+                Some(list) if list.len() * days.len() <= 128 => list
                     .iter()
                     .flat_map(|s| {
                         days.iter()
                             .map(move |d| format!("{SLOT_SCHEDULE_DAY}|{s}@{d}"))
                     })
                     .collect(),
-                None => days.iter().map(|d| format!("{SLOT_DAY}|{d}")).collect(),
+                _ => days.iter().map(|d| format!("{SLOT_DAY}|{d}")).collect(),
             };
             let mut out: Vec<(Timestamp, Value)> = Vec::new();
-            for chunk in values.chunks(300) {
-                let qq = query("Slot", &[("identifier", chunk.join(","))], MAX_READ)?;
+            for value in values {
+                let qq = query("Slot", &[("identifier", value)], MAX_READ)?;
                 for r in store.search(&qq).await?.entries {
                     let b = parse_body(&r)?;
+                    let sref = b.get("schedule").and_then(|x| str_at(x, "reference"));
+                    if wanted
+                        .as_ref()
+                        .is_some_and(|w| !sref.is_some_and(|s| w.contains(s)))
+                    {
+                        continue;
+                    }
                     let st = instant_at(&b, "start").unwrap_or(now);
                     if st < start || st >= end {
                         continue;
