@@ -62,6 +62,7 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
         "rest": [{
             "mode": "server",
             "resource": resources,
+            "operation": [{"name": "worklist", "definition": "https://salus.dev/fhir/OperationDefinition/worklist"}],
             "interaction": [
                 {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                 {"code": "search-system"}
@@ -75,7 +76,8 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
     })
 }
 
-/// The operations of one resource type.
+/// The operations of one resource type: `$validate` everywhere, bulk data and
+/// `$everything` (docs/bulk.md), scheduling (docs/scheduling.md).
 fn operations(rtype: &str) -> Vec<Value> {
     let mut ops = vec![
         json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
@@ -84,9 +86,30 @@ fn operations(rtype: &str) -> Vec<Value> {
         "Patient" => {
             ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
             ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+            ops.push(json!({"name": "purge", "definition": "https://salus.dev/fhir/OperationDefinition/Patient-purge"}));
         }
         "Group" => ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"})),
         _ => {}
+    }
+    let extra: &[&str] = match rtype {
+        "Appointment" => &[
+            "find",
+            "hold",
+            "book",
+            "waitlist",
+            "cancel",
+            "reschedule",
+            "set-status",
+        ],
+        "Schedule" => &["set-availability"],
+        "Patient" | "Practitioner" | "PractitionerRole" => &["ics"],
+        _ => &[],
+    };
+    for name in extra {
+        ops.push(json!({
+            "name": name,
+            "definition": format!("https://salus.dev/fhir/OperationDefinition/{rtype}-{name}")
+        }));
     }
     ops
 }

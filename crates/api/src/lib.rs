@@ -15,6 +15,7 @@ pub mod error;
 mod handlers;
 pub mod hardening;
 mod negotiate;
+pub mod scheduling;
 mod views;
 
 use axum::routing::{get, post};
@@ -81,6 +82,8 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<hardening::RateLimiter>>,
     /// Bulk data jobs (`$export`, `$import`), when enabled.
     pub bulk: Option<Arc<salus_bulk::BulkEngine>>,
+    /// Scheduling settings and the video provider (`Appointment/$book` and friends).
+    pub scheduling: Arc<salus_service::scheduling::Scheduling>,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ impl AppState {
             audit: None,
             rate_limiter: None,
             bulk: None,
+            scheduling: Arc::default(),
         }
     }
 
@@ -128,6 +132,12 @@ impl AppState {
     /// Accept device messages over HTTP, delivering them to this endpoint's sink.
     pub fn with_devices(mut self, endpoint: devices::DeviceEndpoint) -> Self {
         self.devices = Some(Arc::new(endpoint));
+        self
+    }
+
+    /// Use these scheduling settings (hold time, reminders, video provider).
+    pub fn with_scheduling(mut self, scheduling: salus_service::scheduling::Scheduling) -> Self {
+        self.scheduling = Arc::new(scheduling);
         self
     }
 
@@ -216,6 +226,32 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/messages", post(device_messages))
         .route("/metrics", get(metrics_with_hl7))
         .route("/_history", get(history_system))
+        // scheduling operations (crates/api/src/scheduling.rs): static segments win
+        // over the generic `/{rtype}/…` routes below
+        .route("/$worklist", get(scheduling::worklist))
+        .route(
+            "/Schedule/{id}/$set-availability",
+            post(scheduling::set_availability),
+        )
+        .route(
+            "/Appointment/$find",
+            get(scheduling::find_get).post(scheduling::find_post),
+        )
+        .route("/Appointment/$hold", post(scheduling::hold))
+        .route("/Appointment/$book", post(scheduling::book))
+        .route("/Appointment/$waitlist", post(scheduling::waitlist))
+        .route("/Appointment/{id}/$cancel", post(scheduling::cancel))
+        .route(
+            "/Appointment/{id}/$reschedule",
+            post(scheduling::reschedule),
+        )
+        .route(
+            "/Appointment/{id}/$set-status",
+            post(scheduling::set_status),
+        )
+        .route("/Patient/{id}/$ics", get(scheduling::ics_patient))
+        .route("/Practitioner/{id}/$ics", get(scheduling::ics_practitioner))
+        .route("/PractitionerRole/{id}/$ics", get(scheduling::ics_role))
         .route(
             "/$export",
             get(bulk::export_system).post(bulk::export_system),

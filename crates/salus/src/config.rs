@@ -162,6 +162,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Bulk data jobs (`[bulk]`, docs/bulk.md).
     pub bulk: crate::bulk::BulkSettings,
+    /// Virtual-visit scheduling (`[scheduling]`, docs/scheduling.md).
+    pub scheduling: crate::scheduling::SchedulingSection,
 }
 
 /// `[audit]`.
@@ -197,6 +199,7 @@ impl Default for Config {
             audit: Default::default(),
             tls: None,
             bulk: Default::default(),
+            scheduling: Default::default(),
         }
     }
 }
@@ -352,6 +355,7 @@ impl Config {
         if self.audit.enabled == Some(false) && self.auth.is_some() {
             tracing::warn!("audit.enabled = false: accesses to patient data are NOT recorded");
         }
+        self.scheduling.validate()?;
         Ok(())
     }
 }

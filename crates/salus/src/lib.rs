@@ -12,6 +12,7 @@ pub mod demo;
 pub mod devices;
 pub mod hl7;
 pub mod import;
+pub mod scheduling;
 pub mod serve;
 pub mod tls;
 pub mod views;

@@ -160,7 +160,8 @@ pub fn app_state(config: &Config, service: FhirService) -> AppState {
             smart: None,
         },
     )
-    .with_convert_options(config.hl7.convert_options());
+    .with_convert_options(config.hl7.convert_options())
+    .with_scheduling(config.scheduling.scheduling());
     if config.limits.rate_per_second > 0.0 {
         state = state.with_rate_limit(config.limits.rate_per_second, config.limits.rate_burst);
     }
@@ -479,6 +480,13 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Some(extra) = auth_routes {
         app = app.merge(extra);
     }
+    // Scheduling: the reminder outbox and the slot sweeper.
+    device_tasks.push(tokio::spawn(crate::scheduling::run_workers(
+        svc.clone(),
+        config.scheduling.clone(),
+        state.scheduling.clone(),
+        stopped(stop_rx.clone()),
+    )));
     match mllp {
         Some(l) => {
             tokio::try_join!(

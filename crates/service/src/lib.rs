@@ -20,6 +20,7 @@ mod purge;
 mod query;
 mod reindex;
 pub mod response;
+pub mod scheduling;
 mod search;
 mod service;
 pub mod shape;

@@ -183,6 +183,35 @@ pub fn app_wired(limits: Limits, api: ApiConfig, wire: impl FnOnce(AppState) -> 
 }
 
 impl App {
+    /// A second application on the same database, as a second server process would
+    /// see it: on PostgreSQL its own connection pool on this test's schema, on SQLite
+    /// the same database directory opened again. Its state has default settings.
+    pub fn twin(&self) -> AppState {
+        let store: Arc<dyn salus_store::Store> = match &self._pg {
+            Some(pg) => {
+                let options = salus_store_pg::PgOptions {
+                    schema: Some(pg.schema.clone()),
+                    pool_size: 8,
+                    application_name: pg.schema.clone(),
+                    ..Default::default()
+                };
+                let u = pg.url.clone();
+                Arc::new(
+                    on_pg_runtime(
+                        async move { salus_store_pg::PgStore::connect(&u, options).await },
+                    )
+                    .expect("connect to PostgreSQL"),
+                )
+            }
+            None => Arc::new(
+                SqliteStore::open_dir(self._dir.path(), SqliteOptions::default())
+                    .expect("open the store a second time"),
+            ),
+        };
+        let service = FhirService::new(store, self.state.service.limits().clone());
+        AppState::new(service, (*self.state.config).clone())
+    }
+
     /// Send a request with a raw body; `headers` are added as given.
     pub async fn raw(
         &self,
