@@ -1119,3 +1119,117 @@ async fn the_capability_statement_lists_the_operations() {
     assert_eq!(ops("Observation"), ["validate"]);
     assert_eq!(rest["operation"][0]["name"], "worklist");
 }
+
+/// With auth on, a patient books, cancels and reads the calendar only for themself;
+/// publishing availability and the worklist are for staff; staff book for anyone.
+#[tokio::test]
+async fn with_auth_patients_act_only_for_themselves() {
+    use salus_service::salus_access::{Principal, StaticTokens};
+    let mut app = sched_app();
+    let (_, _, sched) = provider(&app, "394579002", "en", "video-15", true).await;
+    let pa = patient(&app, "a").await;
+    let pb = patient(&app, "b").await;
+    let slots = free_slots(&app, &sched).await;
+    let (s1, s2) = (slot_ref(&slots[0]), slot_ref(&slots[1]));
+    let id = |p: &str| p.trim_start_matches("Patient/").to_string();
+    let tokens = StaticTokens::new()
+        .with(
+            "tok-a",
+            Principal::new("a", "patient/*.rs")
+                .unwrap()
+                .with_patient(id(&pa)),
+        )
+        .with(
+            "tok-b",
+            Principal::new("b", "patient/*.rs")
+                .unwrap()
+                .with_patient(id(&pb)),
+        )
+        .with(
+            "tok-cm",
+            Principal::new("cm", "user/*.cruds")
+                .unwrap()
+                .with_roles(&["care-manager"]),
+        );
+    app.router = salus_api::router(app.state.clone().with_auth(Arc::new(tokens)));
+    let call = |token: &'static str, method: &'static str, uri: String, body: Option<Value>| {
+        let app = &app;
+        async move {
+            let h = format!("Bearer {token}");
+            app.req(
+                method,
+                &uri,
+                &[("authorization", h.as_str())],
+                body.as_ref(),
+            )
+            .await
+        }
+    };
+    let book =
+        |slot: &str, patient: &str| params(&[("slot", json!(slot)), ("patient", json!(patient))]);
+    call(
+        "tok-a",
+        "POST",
+        "/Appointment/$book".into(),
+        Some(book(&s1, &pb)),
+    )
+    .await
+    .expect_outcome(403);
+    let r = call(
+        "tok-a",
+        "POST",
+        "/Appointment/$book".into(),
+        Some(book(&s1, &pa)),
+    )
+    .await
+    .expect(201);
+    let appt = r.json["id"].as_str().unwrap().to_string();
+    call(
+        "tok-b",
+        "POST",
+        format!("/Appointment/{appt}/$cancel"),
+        Some(params(&[])),
+    )
+    .await
+    .expect_outcome(403);
+    call("tok-a", "GET", format!("/{pa}/$ics"), None)
+        .await
+        .expect(200);
+    call("tok-b", "GET", format!("/{pa}/$ics"), None)
+        .await
+        .expect_outcome(403);
+    let rules = json!({"timeZone": "UTC", "visitTypes": [{"code": "v", "minutes": 15}],
+        "weekly": [{"days": ["mon"], "start": "09:00", "end": "10:00", "visitType": "v"}]});
+    call(
+        "tok-a",
+        "POST",
+        format!("/{sched}/$set-availability"),
+        Some(rules),
+    )
+    .await
+    .expect_outcome(403);
+    call(
+        "tok-a",
+        "GET",
+        "/$worklist?careTeam=CareTeam/x".into(),
+        None,
+    )
+    .await
+    .expect_outcome(403);
+    call(
+        "tok-cm",
+        "POST",
+        "/Appointment/$book".into(),
+        Some(book(&s2, &pb)),
+    )
+    .await
+    .expect(201);
+    call(
+        "tok-a",
+        "POST",
+        format!("/Appointment/{appt}/$cancel"),
+        Some(params(&[])),
+    )
+    .await
+    .expect(200);
+}
