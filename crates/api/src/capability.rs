@@ -62,15 +62,15 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "operation": [{"name": "worklist", "definition": "https://salus.dev/fhir/OperationDefinition/worklist"}],
             "interaction": [
                 {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                 {"code": "search-system"}
             ],
-            // Bulk Data IG 2.0 (docs/bulk.md).
+            // Bulk Data IG 2.0 (docs/bulk.md) and the care-manager worklist (docs/scheduling.md).
             "operation": [
                 {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
-                {"name": "import", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import"}
+                {"name": "import", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import"},
+                {"name": "worklist", "definition": "https://salus.dev/fhir/OperationDefinition/worklist"}
             ]
         }]
     })
