@@ -108,13 +108,29 @@ async fn kick_off(
     } else {
         None
     };
-    let req = ExportRequest::parse(level, &pairs, body.as_ref(), engine.config())?;
+    let mut req = ExportRequest::parse(level, &pairs, body.as_ref(), engine.config())?;
     let base = base_url(state, headers);
+    // An analyst sees data only de-identified: the job reads with the server's rights
+    // and always writes through an anonymization config (Safe Harbor unless one is named).
+    let deidentified_only = state.service.access().principal().is_some_and(|p| {
+        state.service.policy().has_capability(
+            p,
+            salus_service::salus_access::Capability::DeidentifiedExport,
+        )
+    });
+    if deidentified_only {
+        req.anonymization
+            .get_or_insert_with(|| "safe-harbor".to_string());
+    }
+    let reading_as = match caller {
+        Some(_) if !deidentified_only => Some(state.service.clone()),
+        _ => None,
+    };
     // An authenticated caller's job reads through the caller's scoped service, so an
     // export never holds more than its caller may see.
     let id = engine
         .start_export_as(
-            caller.map(|_| state.service.clone()),
+            reading_as,
             req,
             &request_url(&base, &path, q),
             caller.map(|c| c.subject.clone()),

@@ -49,6 +49,12 @@ fn tokens() -> StaticTokens {
                 .with_roles(&["admin"]),
         )
         .with(
+            "tok-analyst",
+            Principal::new("ann", "user/*.rs")
+                .unwrap()
+                .with_roles(&["analyst"]),
+        )
+        .with(
             "tok-lab",
             Principal::new("user-a", "patient/Observation.rs?category=laboratory")
                 .unwrap()
@@ -727,5 +733,68 @@ async fn everything_and_bulk_export_stay_inside_the_grant() {
         // B cannot read A's job status either
         let s = as_(&app, Some("tok-b"), "GET", &path, None).await;
         assert!(matches!(s.status.as_u16(), 403 | 404));
+    }
+}
+
+#[tokio::test]
+async fn an_analyst_sees_data_only_de_identified() {
+    let app = secured_bulk();
+    seed(&app).await;
+    as_(&app, Some("tok-analyst"), "GET", "/Patient", None)
+        .await
+        .expect_outcome(403);
+    as_(&app, Some("tok-analyst"), "GET", "/Observation/obs-a", None)
+        .await
+        .expect_outcome(403);
+    let r = app
+        .req(
+            "GET",
+            "/$export?_type=Patient,Observation",
+            &[
+                ("authorization", "Bearer tok-analyst"),
+                ("prefer", "respond-async"),
+                ("accept", "application/fhir+json"),
+            ],
+            None,
+        )
+        .await
+        .expect(202);
+    let path = r
+        .header("content-location")
+        .unwrap()
+        .trim_start_matches("http://localhost")
+        .to_string();
+    let mut manifest = Value::Null;
+    for _ in 0..200 {
+        let s = as_(&app, Some("tok-analyst"), "GET", &path, None).await;
+        if s.status.as_u16() == 200 {
+            manifest = s.json;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut all = String::new();
+    for o in manifest["output"].as_array().expect("manifest output") {
+        let url = o["url"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("http://localhost")
+            .to_string();
+        all.push_str(
+            &as_(&app, Some("tok-analyst"), "GET", &url, None)
+                .await
+                .expect(200)
+                .text,
+        );
+    }
+    assert!(
+        all.contains("\"Observation\"") && all.contains("\"Patient\""),
+        "{all}"
+    );
+    for name in ["Abigail", "Zebediah", "pat-a", "pat-b"] {
+        assert!(
+            !all.contains(name),
+            "de-identified export holds '{name}': {all}"
+        );
     }
 }
