@@ -369,6 +369,18 @@ impl Policy {
             }
             return Ok(Grant::All);
         }
+        if rtype == "SearchParameter"
+            && !matches!(interaction, Interaction::Read | Interaction::Search)
+            && !self.has_capability(who, Capability::Admin)
+            && !who.scopes.iter().any(|s| {
+                s.context == Context::System && s.covers(rtype) && s.permissions.allows(interaction)
+            })
+        {
+            // A custom SearchParameter changes indexing for every record: administrators only.
+            return Err(Denied(
+                "changing SearchParameters needs the admin role".into(),
+            ));
+        }
         let mut union: Vec<Conjunction> = vec![];
         let mut reason = None;
         for s in who
@@ -609,6 +621,37 @@ mod tests {
             )
             .is_err());
         assert!(pol.has_capability(&analyst, Capability::DeidentifiedExport));
+    }
+
+    #[test]
+    fn search_parameters_are_changed_by_admins_only() {
+        let pol = Policy::builtin();
+        let clin = p("user/*.cruds").with_roles(&["clinician"]);
+        assert!(pol
+            .decide(
+                &clin,
+                Interaction::Create,
+                "SearchParameter",
+                TypeClass::Reference
+            )
+            .is_err());
+        assert!(pol
+            .decide(
+                &clin,
+                Interaction::Read,
+                "SearchParameter",
+                TypeClass::Reference
+            )
+            .is_ok());
+        let admin = p("user/*.cruds").with_roles(&["admin"]);
+        assert!(pol
+            .decide(
+                &admin,
+                Interaction::Update,
+                "SearchParameter",
+                TypeClass::Reference
+            )
+            .is_ok());
     }
 
     #[test]

@@ -496,6 +496,12 @@ impl StoreTx for GuardedTx {
 
     async fn put(&mut self, write: NewVersion) -> Result<()> {
         let (rtype, id) = (write.rtype.clone(), write.id.clone());
+        if rtype == "Basic" && id == crate::audit::HEAD_ID {
+            // The audit chain's head is the server's own record.
+            return Err(forbidden(
+                "Basic/salus-audit-chain is written by the server only",
+            ));
+        }
         let previous = match write.expected_version {
             None => None,
             Some(_) => self.inner.read(&rtype, &id).await?,
