@@ -142,20 +142,13 @@ impl Guard {
         if q.contained != ContainedMode::Exclude {
             // Contained resources carry their own index rows: a grant on their
             // container would not be checked. Only unrestricted callers search them.
-            let types = if q.rtype.is_empty() {
-                vec![]
-            } else {
-                vec![q.rtype.clone()]
-            };
-            for t in &types {
-                if self.any_grant(is, t)?.is_some() {
-                    return Err(forbidden(
-                        "_contained searches need access to every resource of the type",
-                    ));
-                }
-            }
-            if types.is_empty() {
+            if q.rtype.is_empty() {
                 return Err(forbidden("_contained searches need a resource type"));
+            }
+            if self.any_grant(is, &q.rtype)?.is_some() {
+                return Err(forbidden(
+                    "_contained searches need access to every resource of the type",
+                ));
             }
             return Ok(q);
         }

@@ -174,21 +174,23 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `seq`, `prev` and `hash` of a record's chain extension.
 pub fn chain_fields(resource: &Value) -> Option<(u64, String, String)> {
-    let ext = resource
+    let seq = chain_part(resource, "seq")?.get("valueInteger")?.as_u64()?;
+    let prev = chain_part(resource, "prev")?.get("valueString")?.as_str()?;
+    let hash = chain_part(resource, "hash")?.get("valueString")?.as_str()?;
+    Some((seq, prev.to_string(), hash.to_string()))
+}
+
+/// The part `name` of a resource's chain extension (records and the head alike).
+fn chain_part<'a>(resource: &'a Value, name: &str) -> Option<&'a Value> {
+    resource
         .get("extension")?
         .as_array()?
         .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(CHAIN_URL))?;
-    let parts = ext.get("extension")?.as_array()?;
-    let get = |name: &str| {
-        parts
-            .iter()
-            .find(|p| p.get("url").and_then(Value::as_str) == Some(name))
-    };
-    let seq = get("seq")?.get("valueInteger")?.as_u64()?;
-    let prev = get("prev")?.get("valueString")?.as_str()?.to_string();
-    let hash = get("hash")?.get("valueString")?.as_str()?.to_string();
-    Some((seq, prev, hash))
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(CHAIN_URL))?
+        .get("extension")?
+        .as_array()?
+        .iter()
+        .find(|p| p.get("url").and_then(Value::as_str) == Some(name))
 }
 
 /// The hash a chain starts from.
@@ -291,30 +293,15 @@ fn head_resource(seq: u64, hash: &str) -> Value {
 fn parse_head(body: &str) -> Result<(u64, String), FhirError> {
     let v: Value = serde_json::from_str(body)
         .map_err(|e| FhirError::Internal(format!("audit chain head is not JSON: {e}")))?;
-    let parts = v
-        .get("extension")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .find(|e| e.get("url").and_then(Value::as_str) == Some(CHAIN_URL))
-        })
-        .and_then(|e| e.get("extension"))
-        .and_then(Value::as_array)
-        .ok_or_else(|| FhirError::Internal("audit chain head has no chain extension".into()))?;
-    let seq = parts
-        .iter()
-        .find(|p| p.get("url").and_then(Value::as_str) == Some("seq"))
+    let seq = chain_part(&v, "seq")
         .and_then(|p| p.get("valueInteger"))
         .and_then(Value::as_u64)
         .ok_or_else(|| FhirError::Internal("audit chain head has no seq".into()))?;
-    let hash = parts
-        .iter()
-        .find(|p| p.get("url").and_then(Value::as_str) == Some("hash"))
+    let hash = chain_part(&v, "hash")
         .and_then(|p| p.get("valueString"))
         .and_then(Value::as_str)
-        .ok_or_else(|| FhirError::Internal("audit chain head has no hash".into()))?
-        .to_string();
-    Ok((seq, hash))
+        .ok_or_else(|| FhirError::Internal("audit chain head has no hash".into()))?;
+    Ok((seq, hash.to_string()))
 }
 
 impl FhirService {
