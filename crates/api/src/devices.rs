@@ -20,6 +20,8 @@ pub struct DeviceEndpoint {
     /// Bearer tokens accepted (one per device or gateway); empty: no token needed (only
     /// sensible on a loopback-only server).
     pub tokens: Vec<String>,
+    /// The pipeline behind the sink, whose ingestion totals `/metrics` shows.
+    pub ingest: Option<Arc<salus_service::DeviceIngest>>,
 }
 
 /// Compare without leaking, through timing, how much of a token matched.

@@ -203,7 +203,10 @@ impl Hl7Metrics {
 async fn metrics_with_hl7(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::response::Response {
-    let hl7 = state.hl7_metrics.prometheus();
+    let mut hl7 = state.hl7_metrics.prometheus();
+    if let Some(ingest) = state.devices.as_ref().and_then(|d| d.ingest.as_ref()) {
+        hl7.push_str(&ingest.counters().prometheus());
+    }
     let resp = handlers::metrics(axum::extract::State(state)).await;
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);

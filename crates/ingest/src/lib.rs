@@ -26,6 +26,18 @@ pub trait Sink: Send + Sync {
     /// Process one payload (a JSON message or an array of them; anything else is the
     /// sink's to dead-letter). Return only once it is durable.
     async fn deliver(&self, payload: &[u8], source: &str) -> Result<(), SinkError>;
+
+    /// Process several payloads (each with its source) as one unit of work, so a busy
+    /// source pays for one commit per batch instead of one per message. Return only once
+    /// all are durable; on an error none may be acknowledged (some may have been stored:
+    /// they come again, and the sink's writes are idempotent). The default delivers them
+    /// one by one.
+    async fn deliver_batch(&self, batch: &[(&[u8], &str)]) -> Result<(), SinkError> {
+        for (payload, source) in batch {
+            self.deliver(payload, source).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a source stopped.

@@ -2,12 +2,22 @@
 //! each message (PUBACK) only after the sink has stored it. A message the sink could not
 //! take is left unacknowledged and the session is reconnected, so the broker sends it
 //! again (MQTT 3.1.1 §4.4: unacknowledged QoS 1 messages are resent on reconnect).
+//!
+//! Throughput: messages that arrive while a batch is being stored wait and go into the
+//! next one, so a busy fleet costs one transaction per batch, not one per message, and a
+//! quiet one adds no delay. A broker keeps only a few unacknowledged messages in flight
+//! per connection (Mosquitto's `max_inflight_messages`, 20 by default), which caps a
+//! batch; with `connections` above 1 the source opens that many sessions on one shared
+//! subscription (`$share/<client_id>/<topic>`), and the broker spreads the messages over
+//! them. PUBACKs go out per connection in the order the messages came (§4.6).
 
 use crate::{Sink, SourceError};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// `[devices.mqtt]` in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,11 +27,16 @@ pub struct MqttConfig {
     /// Topic filters (`devices/+/telemetry`).
     pub topics: Vec<String>,
     /// Client id of the persistent session: keep it stable across restarts, or messages
-    /// sent while the server was down are not redelivered.
+    /// sent while the server was down are not redelivered. With several connections,
+    /// connection `i` is `<client_id>-<i>` and the share group is `<client_id>`.
     pub client_id: String,
     pub keep_alive: Duration,
     /// Pause before reconnecting after a failure.
     pub retry: Duration,
+    /// Broker connections on one shared subscription (1: a plain subscription).
+    pub connections: usize,
+    /// Most messages handed to the sink as one batch.
+    pub max_batch: usize,
 }
 
 impl Default for MqttConfig {
@@ -33,6 +48,8 @@ impl Default for MqttConfig {
             client_id: "salus-devices".into(),
             keep_alive: Duration::from_secs(30),
             retry: Duration::from_millis(500),
+            connections: 1,
+            max_batch: 500,
         }
     }
 }
@@ -47,13 +64,36 @@ impl MqttConfig {
                 "mqtt needs at least one non-empty topic".into(),
             ));
         }
-        if self.client_id.trim().is_empty() || self.client_id.len() > 128 {
+        if self.client_id.trim().is_empty() || self.client_id.len() > 120 {
             return Err(SourceError::Config(
-                "mqtt client_id must be 1 to 128 characters".into(),
+                "mqtt client_id must be 1 to 120 characters".into(),
+            ));
+        }
+        if self.connections > 1 && self.client_id.contains(['/', '+', '#']) {
+            return Err(SourceError::Config(
+                "mqtt client_id names the share group when connections > 1: no '/', '+' or '#'"
+                    .into(),
+            ));
+        }
+        if !(1..=64).contains(&self.connections) {
+            return Err(SourceError::Config(
+                "mqtt connections must be 1 to 64".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_batch) {
+            return Err(SourceError::Config(
+                "mqtt max_batch must be 1 to 10000".into(),
             ));
         }
         Ok(())
     }
+}
+
+/// A received message on its way to the sink, and where to report whether it was stored.
+struct Pending {
+    payload: Vec<u8>,
+    source: String,
+    done: mpsc::UnboundedSender<bool>,
 }
 
 /// The MQTT source.
@@ -68,61 +108,125 @@ impl MqttSource {
     }
 
     /// Receive until `shutdown` completes. Connection failures are retried (logged), so
-    /// this returns only at shutdown.
+    /// this returns only at shutdown. Messages not yet stored then stay unacknowledged
+    /// and are delivered again after a restart.
     pub async fn run(self, sink: Arc<dyn Sink>, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                r = self.session(sink.clone()) => {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "mqtt source: reconnecting");
+        let c = &self.config;
+        let (queue, received) = mpsc::channel::<Pending>(c.max_batch * 2);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(batches(received, sink, c.max_batch));
+        for i in 0..c.connections {
+            let config = c.clone();
+            let queue = queue.clone();
+            tasks.spawn(async move {
+                loop {
+                    if let Err(e) = session(&config, i, &queue).await {
+                        tracing::warn!(error = %e, connection = i, "mqtt source: reconnecting");
                     }
-                    tokio::select! {
-                        _ = &mut shutdown => return,
-                        _ = tokio::time::sleep(self.config.retry) => {}
-                    }
+                    tokio::time::sleep(config.retry).await;
                 }
+            });
+        }
+        drop(queue);
+        shutdown.await;
+        tasks.shutdown().await;
+    }
+}
+
+/// Hand what has arrived to the sink, a batch at a time, and report each message's fate
+/// to its connection.
+async fn batches(mut received: mpsc::Receiver<Pending>, sink: Arc<dyn Sink>, max: usize) {
+    while let Some(first) = received.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match received.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
         }
-    }
-
-    /// One connection: subscribe, deliver, ack; returns on a connection or sink failure.
-    async fn session(&self, sink: Arc<dyn Sink>) -> Result<(), SourceError> {
-        let c = &self.config;
-        let mut opts = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
-        opts.set_keep_alive(c.keep_alive)
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        let (client, mut events) = AsyncClient::new(opts, 64);
-        for t in &c.topics {
-            client
-                .subscribe(t.clone(), QoS::AtLeastOnce)
-                .await
-                .map_err(|e| SourceError::Connection(e.to_string()))?;
+        let items: Vec<(&[u8], &str)> = batch
+            .iter()
+            .map(|p| (p.payload.as_slice(), p.source.as_str()))
+            .collect();
+        let stored = match sink.deliver_batch(&items).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, messages = batch.len(), "mqtt source: the sink refused a batch");
+                false
+            }
+        };
+        for p in batch {
+            // A closed channel: that connection is gone; the broker resends its messages.
+            let _ = p.done.send(stored);
         }
-        loop {
-            let event = events
-                .poll()
-                .await
-                .map_err(|e| SourceError::Connection(e.to_string()))?;
-            let Event::Incoming(Packet::Publish(p)) = event else {
-                continue;
-            };
-            let source = format!("mqtt:{}", p.topic);
-            match sink.deliver(&p.payload, &source).await {
-                Ok(()) => client
-                    .ack(&p)
-                    .await
-                    .map_err(|e| SourceError::Connection(e.to_string()))?,
-                Err(e) => {
+    }
+}
+
+/// One connection: subscribe, pass messages on, acknowledge the stored ones in order;
+/// returns on a connection failure or a refused message.
+async fn session(
+    c: &MqttConfig,
+    index: usize,
+    queue: &mpsc::Sender<Pending>,
+) -> Result<(), SourceError> {
+    let shared = c.connections > 1;
+    let client_id = if shared {
+        format!("{}-{index}", c.client_id)
+    } else {
+        c.client_id.clone()
+    };
+    let mut opts = MqttOptions::new(client_id, c.host.clone(), c.port);
+    opts.set_keep_alive(c.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    // Room for every acknowledgement of a full batch without waiting on the event loop.
+    let (client, mut events) = AsyncClient::new(opts, c.max_batch + 64);
+    for t in &c.topics {
+        let filter = if shared {
+            format!("$share/{}/{t}", c.client_id)
+        } else {
+            t.clone()
+        };
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| SourceError::Connection(e.to_string()))?;
+    }
+    let (done, mut outcomes) = mpsc::unbounded_channel::<bool>();
+    let mut waiting: VecDeque<Publish> = VecDeque::new();
+    loop {
+        tokio::select! {
+            // Outcomes come in the order the messages were queued: one per message.
+            Some(stored) = outcomes.recv(), if !waiting.is_empty() => {
+                let p = waiting.pop_front().expect("a message per outcome");
+                if !stored {
                     // not acknowledged: reconnect so the broker sends it again
                     return Err(SourceError::Connection(format!(
-                        "sink refused a message from {}: {e}",
+                        "sink refused a message from {}",
                         p.topic
                     )));
                 }
+                client
+                    .ack(&p)
+                    .await
+                    .map_err(|e| SourceError::Connection(e.to_string()))?;
+            }
+            event = events.poll() => {
+                let event = event.map_err(|e| SourceError::Connection(e.to_string()))?;
+                let Event::Incoming(Packet::Publish(p)) = event else {
+                    continue;
+                };
+                let pending = Pending {
+                    payload: p.payload.to_vec(),
+                    source: format!("mqtt:{}", p.topic),
+                    done: done.clone(),
+                };
+                waiting.push_back(p);
+                queue
+                    .send(pending)
+                    .await
+                    .map_err(|_| SourceError::Connection("the source is shutting down".into()))?;
             }
         }
     }

@@ -102,6 +102,92 @@ async fn mqtt_source_passes_the_compliance_suite() {
 }
 
 #[tokio::test]
+async fn shared_subscription_over_several_connections_passes_the_compliance_suite() {
+    let Some((host, port)) = broker() else { return };
+    let topic = unique("salus-test/shared");
+    let sink = Arc::new(RecordingSink::default());
+    let source = MqttSource::new(MqttConfig {
+        connections: 3,
+        ..config(&host, port, &topic, &unique("salus-shared"))
+    })
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(source.run(sink.clone(), async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await; // subscribed
+    let publisher = Publisher::new(&host, port, topic.clone());
+    compliance::run(&publisher, sink.clone()).await;
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// A sink that takes a while per batch and records each batch's size.
+#[derive(Default)]
+struct SlowBatchSink {
+    batches: std::sync::Mutex<Vec<Vec<Vec<u8>>>>,
+}
+
+#[async_trait]
+impl salus_ingest::Sink for SlowBatchSink {
+    async fn deliver(&self, payload: &[u8], source: &str) -> Result<(), salus_ingest::SinkError> {
+        self.deliver_batch(&[(payload, source)]).await
+    }
+    async fn deliver_batch(&self, batch: &[(&[u8], &str)]) -> Result<(), salus_ingest::SinkError> {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        self.batches
+            .lock()
+            .unwrap()
+            .push(batch.iter().map(|(p, _)| p.to_vec()).collect());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn messages_arriving_during_a_store_go_into_one_batch_and_none_is_lost() {
+    let Some((host, port)) = broker() else { return };
+    let topic = unique("salus-test/batch");
+    let sink = Arc::new(SlowBatchSink::default());
+    let source = MqttSource::new(MqttConfig {
+        connections: 2,
+        ..config(&host, port, &topic, &unique("salus-batch"))
+    })
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(source.run(sink.clone(), async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = Publisher::new(&host, port, topic.clone());
+    for i in 0..200 {
+        assert!(publisher.publish(format!("{{\"n\":{i}}}").as_bytes()).await);
+    }
+    let count = || -> usize { sink.batches.lock().unwrap().iter().map(Vec::len).sum() };
+    for _ in 0..400 {
+        if count() >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+    let batches = sink.batches.lock().unwrap().clone();
+    let mut got: Vec<String> = batches
+        .iter()
+        .flatten()
+        .map(|p| String::from_utf8(p.clone()).unwrap())
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 200, "every message stored");
+    assert!(
+        batches.len() < 200 && batches.iter().any(|b| b.len() > 1),
+        "messages that wait for a store go in together: {:?}",
+        batches.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn messages_sent_while_the_source_is_down_arrive_after_a_restart() {
     let Some((host, port)) = broker() else { return };
     let topic = unique("salus-test/restart");
@@ -166,4 +252,20 @@ fn bad_configuration_is_refused() {
         .unwrap()
         .to_string()
         .contains("client_id"));
+    for (connections, max_batch, needle) in [
+        (0, 10, "connections"),
+        (65, 10, "connections"),
+        (1, 0, "max_batch"),
+    ] {
+        let c = MqttConfig {
+            connections,
+            max_batch,
+            ..MqttConfig::default()
+        };
+        assert!(MqttSource::new(c)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains(needle));
+    }
 }

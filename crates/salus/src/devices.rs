@@ -42,6 +42,13 @@ pub struct MqttSettings {
     pub port: u16,
     pub topics: Vec<String>,
     pub client_id: String,
+    /// Broker connections sharing the subscription (`$share/…`, MQTT shared
+    /// subscriptions) when above 1: the broker keeps a limited number of unacknowledged
+    /// messages in flight per connection (Mosquitto: 20), so more connections let more
+    /// messages into one batch.
+    pub connections: usize,
+    /// Most messages stored in one transaction.
+    pub max_batch: usize,
 }
 
 impl Default for MqttSettings {
@@ -52,6 +59,8 @@ impl Default for MqttSettings {
             port: d.port,
             topics: d.topics,
             client_id: d.client_id,
+            connections: d.connections,
+            max_batch: d.max_batch,
         }
     }
 }
@@ -77,6 +86,43 @@ impl Sink for ServiceSink {
                     written = report.observations_written,
                     dead = report.dead_letters.len(),
                     "device payload stored"
+                );
+                Ok(())
+            }
+            Err(e) => Err(SinkError(e.to_string())),
+        }
+    }
+
+    async fn deliver_batch(&self, batch: &[(&[u8], &str)]) -> Result<(), SinkError> {
+        // Payloads that are not JSON objects or arrays go one by one (each becomes its own
+        // dead letter); the messages of all the others are stored in one transaction.
+        let mut messages: Vec<(serde_json::Value, &str)> = vec![];
+        for (payload, source) in batch {
+            match serde_json::from_slice::<serde_json::Value>(payload) {
+                Ok(serde_json::Value::Array(items)) => {
+                    messages.extend(items.into_iter().map(|m| (m, *source)))
+                }
+                Ok(v @ serde_json::Value::Object(_)) => messages.push((v, *source)),
+                _ => self.deliver(payload, source).await?,
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let tagged: Vec<(&serde_json::Value, &str)> =
+            messages.iter().map(|(m, s)| (m, *s)).collect();
+        match self
+            .service
+            .ingest_device_batch(&self.ingest, &tagged)
+            .await
+        {
+            Ok(report) => {
+                tracing::debug!(
+                    payloads = batch.len(),
+                    measurements = report.measurements,
+                    written = report.observations_written,
+                    dead = report.dead_letters.len(),
+                    "device batch stored"
                 );
                 Ok(())
             }
@@ -139,6 +185,8 @@ impl DevicesConfig {
                     port: m.port,
                     topics: m.topics.clone(),
                     client_id: m.client_id.clone(),
+                    connections: m.connections,
+                    max_batch: m.max_batch,
                     ..Default::default()
                 })
                 .map_err(|e| anyhow::anyhow!("[devices.mqtt]: {e}"))?,

@@ -448,6 +448,7 @@ pub async fn serve(config: Config) -> Result<()> {
         state = state.with_devices(salus_api::devices::DeviceEndpoint {
             sink: rt.sink.clone(),
             tokens: rt.tokens.clone(),
+            ingest: Some(rt.ingest.clone()),
         });
         if rt.tokens.is_empty() && !config.listen.ip().is_loopback() {
             tracing::warn!("POST /devices/messages accepts messages without a device token");

@@ -15,6 +15,7 @@ use salus_devices::identity::DeviceRecord;
 use salus_devices::{alert_resources, AlertContext, DevicePipeline, Measurement, RuleEngine};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Salus's own code system (dead letters and other server-made records).
@@ -29,6 +30,73 @@ pub struct DeviceIngest {
     rules: Option<Mutex<RuleEngine>>,
     /// The care team that gets alert Tasks and Communications.
     care_team: Option<String>,
+    counters: DeviceCounters,
+}
+
+/// Running totals of device ingestion, for `/metrics` (counted after commit).
+#[derive(Debug, Default)]
+pub struct DeviceCounters {
+    pub batches: AtomicU64,
+    pub messages: AtomicU64,
+    pub measurements: AtomicU64,
+    pub observations_written: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub alert_resources: AtomicU64,
+}
+
+impl DeviceCounters {
+    fn add(&self, r: &IngestReport) {
+        let add = |c: &AtomicU64, n: usize| c.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.batches, 1);
+        add(&self.messages, r.messages);
+        add(&self.measurements, r.measurements);
+        add(&self.observations_written, r.observations_written);
+        add(&self.dead_letters, r.dead_letters.len());
+        add(&self.alert_resources, r.alert_resources);
+    }
+
+    /// The totals in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        for (name, help, c) in [
+            (
+                "batches",
+                "Device message batches stored (one transaction each).",
+                &self.batches,
+            ),
+            (
+                "messages",
+                "Device messages stored or dead-lettered.",
+                &self.messages,
+            ),
+            (
+                "measurements",
+                "Normalized device measurements stored.",
+                &self.measurements,
+            ),
+            (
+                "observations_written",
+                "Observations created or changed by device data.",
+                &self.observations_written,
+            ),
+            (
+                "dead_letters",
+                "Device messages kept as dead letters.",
+                &self.dead_letters,
+            ),
+            (
+                "alert_resources",
+                "Flag, Task and Communication resources written by alert rules.",
+                &self.alert_resources,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP salus_device_{name}_total {help}\n# TYPE salus_device_{name}_total counter\nsalus_device_{name}_total {}\n",
+                c.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
 }
 
 impl DeviceIngest {
@@ -41,7 +109,13 @@ impl DeviceIngest {
             pipeline,
             rules: rules.map(Mutex::new),
             care_team,
+            counters: DeviceCounters::default(),
         }
+    }
+
+    /// What this pipeline has processed since start.
+    pub fn counters(&self) -> &DeviceCounters {
+        &self.counters
     }
 }
 
@@ -117,13 +191,28 @@ impl FhirService {
         messages: &[Value],
         source: &str,
     ) -> Result<IngestReport> {
+        let tagged: Vec<(&Value, &str)> = messages.iter().map(|m| (m, source)).collect();
+        self.ingest_device_batch(ingest, &tagged).await
+    }
+
+    /// [`FhirService::ingest_device_messages`] for messages from several sources (a
+    /// batch a busy source collected): one transaction for all of them; dead letters
+    /// name each message's own source.
+    pub async fn ingest_device_batch(
+        &self,
+        ingest: &DeviceIngest,
+        messages: &[(&Value, &str)],
+    ) -> Result<IngestReport> {
         let mut report = IngestReport {
             messages: messages.len(),
             ..Default::default()
         };
         let mut measurements: Vec<Measurement> = vec![];
         let mut dead: Vec<Value> = vec![];
-        for m in messages {
+        // Which messages carried each device's readings, so an identity problem
+        // dead-letters those messages (not the whole batch).
+        let mut by_device: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, (m, source)) in messages.iter().enumerate() {
             let n = ingest.pipeline.normalize(m);
             if !n.errors.is_empty() || n.measurements.is_empty() {
                 let mut reasons: Vec<String> = n.errors.iter().map(|e| e.to_string()).collect();
@@ -132,8 +221,24 @@ impl FhirService {
                 }
                 dead.push(dead_letter(m, &reasons, source));
             }
+            for x in &n.measurements {
+                let seen = by_device.entry(x.device_id.clone()).or_default();
+                if seen.last() != Some(&i) {
+                    seen.push(i);
+                }
+            }
             measurements.extend(n.measurements);
         }
+        let messages_of = |idx: &[usize]| -> (Value, String) {
+            let items: Vec<Value> = idx.iter().map(|&i| messages[i].0.clone()).collect();
+            let source = idx.first().map_or("", |&i| messages[i].1).to_string();
+            let content = match <[Value; 1]>::try_from(items) {
+                Ok([one]) => one,
+                Err(items) => Value::Array(items),
+            };
+            (content, source)
+        };
+        let all: Vec<usize> = (0..messages.len()).collect();
         report.measurements = measurements.len();
 
         let mut tx = self.store().begin().await?;
@@ -165,9 +270,24 @@ impl FhirService {
         }
         let directory = |id: &Identifier| devices.get(&id.value).cloned().flatten();
         let plan = ingest.pipeline.plan(&measurements, &directory);
-        if !plan.errors.is_empty() {
-            let reasons: Vec<String> = plan.errors.iter().map(|e| e.to_string()).collect();
-            dead.push(dead_letter(&json!(messages), &reasons, source));
+        // Identity problems by device: each device's messages become one dead letter.
+        let mut reasons_by: Vec<(Vec<usize>, Vec<String>)> = vec![];
+        for e in &plan.errors {
+            let idx = match e {
+                salus_devices::MappingError::Identity { device_id, .. } => by_device
+                    .get(device_id)
+                    .cloned()
+                    .unwrap_or_else(|| all.clone()),
+                _ => all.clone(),
+            };
+            match reasons_by.iter_mut().find(|(i, _)| *i == idx) {
+                Some((_, r)) => r.push(e.to_string()),
+                None => reasons_by.push((idx, vec![e.to_string()])),
+            }
+        }
+        for (idx, reasons) in reasons_by {
+            let (content, source) = messages_of(&idx);
+            dead.push(dead_letter(&content, &reasons, &source));
         }
         // merge with what is stored, inside the transaction
         let mut resources = vec![];
@@ -182,7 +302,9 @@ impl FhirService {
             let new = match o.resource(existing.as_ref()) {
                 Ok(v) => v,
                 Err(e) => {
-                    dead.push(dead_letter(&json!(messages), &[e.to_string()], source));
+                    let idx = by_device.get(&o.group.device_id).unwrap_or(&all);
+                    let (content, source) = messages_of(idx);
+                    dead.push(dead_letter(&content, &[e.to_string()], &source));
                     continue;
                 }
             };
@@ -235,6 +357,7 @@ impl FhirService {
             };
             report.alert_resources += self.write_alerts(ingest, &alerts, &devices).await?;
         }
+        ingest.counters.add(&report);
         Ok(report)
     }
 
@@ -265,10 +388,13 @@ impl FhirService {
                     {"resource": letter, "request": {"method": "PUT", "url": format!("Basic/{id}")}}]});
                 self.transaction_into(tx.as_mut(), bundle).await?;
                 tx.commit().await?;
-                Ok(IngestReport {
+                let report = IngestReport {
+                    messages: 1,
                     dead_letters: vec![id],
                     ..Default::default()
-                })
+                };
+                ingest.counters.add(&report);
+                Ok(report)
             }
         }
     }

@@ -31,7 +31,7 @@ pub use salus_fhir::instant as time;
 
 pub use bundle::parse_etag;
 pub use bundle::{BundleKind, PreparedTransaction};
-pub use devices::{DeviceIngest, IngestReport, DEAD_LETTER_CODE, SALUS_CODES};
+pub use devices::{DeviceCounters, DeviceIngest, IngestReport, DEAD_LETTER_CODE, SALUS_CODES};
 pub use error::status_line;
 pub use error::FhirError;
 pub use import::ImportFailure;
