@@ -160,6 +160,16 @@ fn exclusive(conn: &Connection, path: &Path) -> Result<(), DbKeyError> {
     Ok(())
 }
 
+/// Check that no other connection has the database open (offline operations refuse
+/// otherwise), leaving it as it was.
+pub fn ensure_unused(path: &Path, key: Option<&DataKey>) -> Result<(), DbKeyError> {
+    let conn = Connection::open(path).map_err(sqlite(path))?;
+    apply_key(&conn, key, path)?;
+    exclusive(&conn, path)?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .map_err(sqlite(path))
+}
+
 fn remove_sidecars(path: &Path) {
     for ext in ["-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();
@@ -314,6 +324,7 @@ mod tests {
             let e = encrypt_file(&p, &key).unwrap_err();
             assert!(matches!(e, DbKeyError::InUse(_)), "{e}");
         }
+        ensure_unused(&p, None).unwrap();
         assert!(encrypt_file(&p, &key).unwrap());
         assert!(!encrypt_file(&p, &key).unwrap(), "already encrypted");
         assert!(!raw_contains(dir.path(), b"Quetzalcoatl"));
@@ -324,6 +335,14 @@ mod tests {
         };
         assert_eq!(read(&key).unwrap(), "Quetzalcoatl Abernathy");
         let new = DataKey::generate();
+        {
+            let busy = Connection::open(&p).unwrap();
+            apply_key(&busy, Some(&key), &p).unwrap();
+            let e = ensure_unused(&p, Some(&key)).unwrap_err();
+            assert!(matches!(e, DbKeyError::InUse(_)), "{e}");
+            let e = rekey_file(&p, &key, &new).unwrap_err();
+            assert!(matches!(e, DbKeyError::InUse(_)), "{e}");
+        }
         rekey_file(&p, &key, &new).unwrap();
         assert!(matches!(read(&key), Err(DbKeyError::WrongKey(_))));
         assert_eq!(read(&new).unwrap(), "Quetzalcoatl Abernathy");
