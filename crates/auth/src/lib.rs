@@ -139,6 +139,16 @@ impl Auth {
         base_url: &str,
         data_dir: &std::path::Path,
     ) -> Result<Auth, server::SetupError> {
+        Self::open_with_key(config, base_url, data_dir, None)
+    }
+
+    /// [`Auth::open`] with the auth store encrypted under `db_key` when one is given.
+    pub fn open_with_key(
+        config: &AuthConfig,
+        base_url: &str,
+        data_dir: &std::path::Path,
+        db_key: Option<&salus_keys::DataKey>,
+    ) -> Result<Auth, server::SetupError> {
         config.validate().map_err(server::SetupError::Config)?;
         match (config.mode, &config.external) {
             (AuthMode::External, Some(ext)) => Ok(Auth {
@@ -149,7 +159,7 @@ impl Auth {
                 )),
             }),
             _ => {
-                let server = AuthServer::open(config.clone(), base_url, data_dir)?;
+                let server = AuthServer::open_with_key(config.clone(), base_url, data_dir, db_key)?;
                 Ok(Auth {
                     authenticator: server.authenticator(),
                     server: Some(server),

@@ -58,14 +58,35 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
 impl SqliteAuthStore {
     /// Opens (creating and migrating) `dir/auth.sqlite`.
     pub fn open_in(dir: &Path) -> Result<SqliteAuthStore, StoreError> {
+        Self::open_in_with_key(dir, None)
+    }
+
+    /// [`SqliteAuthStore::open_in`], encrypted under `key` (SQLCipher) when one is given.
+    pub fn open_in_with_key(
+        dir: &Path,
+        key: Option<&salus_keys::DataKey>,
+    ) -> Result<SqliteAuthStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
-        Self::open(&dir.join(DB_FILE))
+        Self::open_with_key(&dir.join(DB_FILE), key)
     }
 
     pub fn open(path: &Path) -> Result<SqliteAuthStore, StoreError> {
+        Self::open_with_key(path, None)
+    }
+
+    /// Opens `path`, encrypted under `key` when one is given: an encrypted file without
+    /// a key, a plaintext one with a key, or a wrong key is refused with a message
+    /// saying so.
+    pub fn open_with_key(
+        path: &Path,
+        key: Option<&salus_keys::DataKey>,
+    ) -> Result<SqliteAuthStore, StoreError> {
+        use salus_keys::sqlcipher;
+        sqlcipher::check_file(path, key).map_err(backend)?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        sqlcipher::apply_key(&conn, key, path).map_err(backend)?;
         // It holds password and secret hashes: readable by the server's user only.
         #[cfg(unix)]
         {
@@ -416,6 +437,37 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn encrypted_passes_the_contract_and_hides_its_records() {
+        for encrypted in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let key = salus_keys::DataKey::generate();
+            let k = encrypted.then_some(&key);
+            let s = SqliteAuthStore::open_in_with_key(dir.path(), k).unwrap();
+            crate::contract::run_all(&s).await;
+            s.with(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
+                .unwrap();
+            let leaked = std::fs::read_dir(dir.path()).unwrap().any(|e| {
+                let bytes = std::fs::read(e.unwrap().path()).unwrap();
+                bytes.windows(10).any(|w| w == b"contract-a")
+            });
+            assert_eq!(leaked, !encrypted, "encrypted: {encrypted}");
+            drop(s);
+            let s = SqliteAuthStore::open_in_with_key(dir.path(), k).unwrap();
+            assert!(s.client("contract-a").await.unwrap().is_some());
+            drop(s);
+            if encrypted {
+                let e = SqliteAuthStore::open_in(dir.path()).err().unwrap();
+                assert!(e.to_string().contains("[encryption]"), "{e}");
+                let other = salus_keys::DataKey::generate();
+                let e = SqliteAuthStore::open_in_with_key(dir.path(), Some(&other))
+                    .err()
+                    .unwrap();
+                assert!(e.to_string().contains("wrong encryption key"), "{e}");
+            }
         }
     }
 

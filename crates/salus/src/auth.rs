@@ -123,8 +123,10 @@ fn data_dir(o: &Overrides) -> Result<PathBuf> {
 }
 
 fn store(o: &Overrides) -> Result<SqliteAuthStore> {
-    let dir = data_dir(o)?;
-    SqliteAuthStore::open_in(&dir)
+    let config = Config::load(o)?;
+    let dir = config.data_dir.clone();
+    let key = crate::encryption::sqlite_keys(&config)?.auth;
+    SqliteAuthStore::open_in_with_key(&dir, key.as_ref())
         .with_context(|| format!("cannot open the auth store in {}", dir.display()))
 }
 

@@ -164,6 +164,36 @@ pub struct Config {
     pub bulk: crate::bulk::BulkSettings,
     /// Virtual-visit scheduling (`[scheduling]`, docs/scheduling.md).
     pub scheduling: crate::scheduling::SchedulingSection,
+    /// Encryption at rest (`[encryption]`, docs/security.md).
+    pub encryption: EncryptionConfig,
+}
+
+/// `[encryption]`: encryption at rest. On SQLite the whole database files
+/// (`salus.db`, `auth.sqlite`) are encrypted, indexes included (SQLCipher); on
+/// PostgreSQL every resource body and history version (AES-256-GCM). The key named
+/// here is the key-encryption key: it wraps the random data keys kept in the keyring
+/// (`keyring.json` in the data dir, or the `salus_keyring` table), and is itself
+/// never stored by Salus. Only the file's path or the variable's name is configured;
+/// the key is never part of the configuration, never logged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    pub enabled: bool,
+    /// File holding the key: 64 hex digits or base64 of 32 bytes (`salus keys init`
+    /// writes one). Keep it off the data dir and out of its backups.
+    pub key_file: Option<PathBuf>,
+    /// Environment variable holding the key when no `key_file` is set (default
+    /// `SALUS_ENCRYPTION_KEY`).
+    pub key_env: Option<String>,
+}
+
+impl EncryptionConfig {
+    /// The variable the key is read from when no file is set.
+    pub fn key_env(&self) -> &str {
+        self.key_env
+            .as_deref()
+            .unwrap_or(salus_keys::DEFAULT_KEY_ENV)
+    }
 }
 
 /// `[audit]`.
@@ -200,6 +230,7 @@ impl Default for Config {
             tls: None,
             bulk: Default::default(),
             scheduling: Default::default(),
+            encryption: Default::default(),
         }
     }
 }
@@ -258,6 +289,13 @@ pub struct Overrides {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Encrypt data at rest (docs/security.md); the key comes from --encryption-key-file
+    /// or SALUS_ENCRYPTION_KEY
+    #[arg(long, env = "SALUS_ENCRYPTION")]
+    pub encryption: bool,
+    /// File holding the encryption key (implies --encryption)
+    #[arg(long, env = "SALUS_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -311,6 +349,13 @@ impl Config {
                 key_file: key.clone(),
             });
         }
+        if o.encryption {
+            c.encryption.enabled = true;
+        }
+        if let Some(f) = &o.encryption_key_file {
+            c.encryption.enabled = true;
+            c.encryption.key_file = Some(f.clone());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -356,6 +401,17 @@ impl Config {
             tracing::warn!("audit.enabled = false: accesses to patient data are NOT recorded");
         }
         self.scheduling.validate()?;
+        let e = &self.encryption;
+        if e.enabled && e.key_file.is_none() && std::env::var_os(e.key_env()).is_none() {
+            bail!(
+                "encryption is on but no key is configured: set encryption.key_file \
+                 (--encryption-key-file) or the environment variable {}",
+                e.key_env()
+            );
+        }
+        if !e.enabled && (e.key_file.is_some() || e.key_env.is_some()) {
+            bail!("encryption.key_file / key_env are set but encryption.enabled is not: set enabled = true");
+        }
         Ok(())
     }
 }
@@ -472,6 +528,47 @@ mod tests {
     struct Flags {
         #[command(flatten)]
         overrides: Overrides,
+    }
+
+    #[test]
+    fn encryption_from_file_and_flags() {
+        let c = Config::load(&Overrides::default()).unwrap();
+        assert!(!c.encryption.enabled, "off by default");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("salus.toml");
+        std::fs::write(
+            &f,
+            "[encryption]\nenabled = true\nkey_file = \"/etc/salus/key\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert!(c.encryption.enabled);
+        assert_eq!(c.encryption.key_file, Some(PathBuf::from("/etc/salus/key")));
+        let o = Overrides {
+            encryption_key_file: Some("k".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert!(c.encryption.enabled, "a key file turns it on");
+        // on without a key source: refused, naming the settings
+        std::fs::write(
+            &f,
+            "[encryption]\nenabled = true\nkey_env = \"SALUS_TEST_NO_SUCH_KEY_VAR\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let e = format!("{:#}", Config::load(&o).unwrap_err());
+        assert!(e.contains("SALUS_TEST_NO_SUCH_KEY_VAR"), "{e}");
+        std::fs::write(&f, "[encryption]\nkey_file = \"k\"\n").unwrap();
+        let e = format!("{:#}", Config::load(&o).unwrap_err());
+        assert!(e.contains("enabled"), "{e}");
     }
 
     #[test]

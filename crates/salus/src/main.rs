@@ -126,6 +126,11 @@ enum Command {
         #[command(subcommand)]
         command: salus::auth::AuthCommand,
     },
+    /// Encryption at rest: create, inspect and rotate keys; encrypt existing data
+    Keys {
+        #[command(subcommand)]
+        command: salus::encryption::KeysCommand,
+    },
     /// The audit trail
     Audit {
         #[command(subcommand)]
@@ -302,6 +307,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Auth { command } => runtime.block_on(salus::auth::run_cli(command)),
+        Command::Keys { command } => {
+            salus::serve::init_tracing(salus::config::LogFormat::Text);
+            runtime.block_on(salus::encryption::run_cli(command))
+        }
         Command::View {
             command:
                 ViewCommand::Run {

@@ -25,9 +25,11 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Open the embedded store for a configuration.
+/// Open the embedded store for a configuration (encrypted when `[encryption]` is on).
 pub fn open_store(config: &Config) -> Result<SqliteStore> {
+    let key = crate::encryption::sqlite_keys(config)?.store;
     let options = SqliteOptions {
+        key,
         durability: match config.storage.durability {
             Durability::Normal => sqlite::Durability::Normal,
             Durability::Full => sqlite::Durability::Full,
@@ -52,6 +54,7 @@ impl Backend {
             Some(url) => {
                 let options = salus_store_pg::PgOptions {
                     pool_size: config.storage.pool_size,
+                    encryption: crate::encryption::kek(config)?,
                     ..Default::default()
                 };
                 let store = salus_store_pg::PgStore::connect(url, options)
@@ -83,9 +86,14 @@ impl Backend {
     }
 
     pub fn describe(&self, config: &Config) -> String {
+        let enc = if config.encryption.enabled {
+            ", encrypted"
+        } else {
+            ""
+        };
         match self {
-            Backend::Sqlite(_) => format!("SQLite in {}", config.data_dir.display()),
-            Backend::Postgres(_) => "PostgreSQL".to_string(),
+            Backend::Sqlite(_) => format!("SQLite in {}{enc}", config.data_dir.display()),
+            Backend::Postgres(_) => format!("PostgreSQL{enc}"),
         }
     }
 }
@@ -237,8 +245,10 @@ pub fn secure_state(
         return Ok((state, None));
     };
     let base = public_base(config);
-    let auth = salus_auth::Auth::open(auth_config, &base, &config.data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot set up authorization: {e}"))?;
+    let db_key = crate::encryption::sqlite_keys(config)?.auth;
+    let auth =
+        salus_auth::Auth::open_with_key(auth_config, &base, &config.data_dir, db_key.as_ref())
+            .map_err(|e| anyhow::anyhow!("cannot set up authorization: {e}"))?;
     if let Some(server) = &auth.server {
         server.set_patient_directory(Arc::new(Patients(svc.clone())));
     }

@@ -40,6 +40,7 @@
 //! same resources in opposite orders is reported as [`StoreError::Busy`] (the service
 //! answers 503 "retry"), as are lock and statement timeouts.
 
+mod crypt;
 mod query;
 mod schema;
 mod text;
@@ -58,6 +59,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{NoTls, Row};
 
+pub use crypt::REFRESH as KEYRING_REFRESH;
 pub use write::shard_key;
 
 /// How to connect.
@@ -76,6 +78,13 @@ pub struct PgOptions {
     pub lock_timeout: Duration,
     /// `application_name` shown in `pg_stat_activity`.
     pub application_name: String,
+    /// Encryption at rest: the key-encryption key that unwraps the database's data
+    /// keys; resource bodies are then stored sealed (see `crypt.rs`). `None`: bodies
+    /// are stored as they are, and a database whose bodies are encrypted is refused.
+    pub encryption: Option<std::sync::Arc<dyn salus_keys::KeyEncryptionKey>>,
+    /// With encryption: how old this process's copy of the keyring may get before a
+    /// transaction re-reads it (another process may have rotated a data key).
+    pub keyring_refresh: Duration,
 }
 
 impl Default for PgOptions {
@@ -86,6 +95,8 @@ impl Default for PgOptions {
             wait_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(30),
             application_name: "salus".into(),
+            encryption: None,
+            keyring_refresh: crypt::REFRESH,
         }
     }
 }
@@ -94,6 +105,8 @@ impl Default for PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The data keys, when encryption is on.
+    crypt: Option<std::sync::Arc<crypt::BodyCrypt>>,
 }
 
 /// A PostgreSQL error as a [`StoreError`]: transient conditions are `Busy`, the rest
@@ -112,7 +125,7 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
                 SqlState::ADMIN_SHUTDOWN,
             ];
             let msg = format!("postgres {}: {}", code.code(), db.message());
-            if transient.contains(code) {
+            if transient.contains(code) || code.code() == crypt::STALE_KEY_STATE {
                 StoreError::Busy(msg)
             } else {
                 StoreError::Backend(msg)
@@ -205,13 +218,39 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build the PostgreSQL pool: {e}")))?;
-        let store = PgStore { pool };
+        let mut store = PgStore { pool, crypt: None };
         {
             let c = store.conn().await?;
             if let Err(e) = schema::migrate(&c, options.schema.as_deref()).await {
                 // drop the connection (and with it any advisory lock it holds)
                 drop(Object::take(c));
                 return Err(e);
+            }
+            match &options.encryption {
+                Some(kek) => match crypt::setup(
+                    &c,
+                    options.schema.as_deref(),
+                    kek.clone(),
+                    options.keyring_refresh,
+                )
+                .await
+                {
+                    Ok(k) => store.crypt = Some(std::sync::Arc::new(k)),
+                    Err(e) => {
+                        drop(Object::take(c));
+                        return Err(e);
+                    }
+                },
+                None => {
+                    if crypt::has_keyring(&c).await? {
+                        return Err(StoreError::Backend(
+                            "the resource bodies in this database are encrypted: configure \
+                             [encryption] with its key (encryption.key_file, or the \
+                             SALUS_ENCRYPTION_KEY variable)"
+                                .into(),
+                        ));
+                    }
+                }
             }
         }
         Ok(store)
@@ -221,9 +260,30 @@ impl PgStore {
         self.pool.get().await.map_err(pool_err)
     }
 
+    /// Whether resource bodies are stored encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.crypt.is_some()
+    }
+
+    async fn reveal(&self, c: &ClientWrapper, records: &mut [VersionRecord]) -> Result<()> {
+        reveal(self.crypt.as_deref(), c, records).await
+    }
+
     /// Close every connection; later calls fail.
     pub fn close(&self) {
         self.pool.close();
+    }
+}
+
+/// Open sealed bodies (or, without encryption, refuse them).
+async fn reveal(
+    crypt: Option<&crypt::BodyCrypt>,
+    c: &ClientWrapper,
+    records: &mut [VersionRecord],
+) -> Result<()> {
+    match crypt {
+        Some(k) => k.reveal(c, records).await,
+        None => crypt::refuse_sealed(records),
     }
 }
 
@@ -374,7 +434,9 @@ impl Store for PgStore {
 
     async fn read(&self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
         let c = self.conn().await?;
-        read_latest(&c, rtype, id).await
+        let mut r = read_latest(&c, rtype, id).await?;
+        self.reveal(&c, r.as_mut_slice()).await?;
+        Ok(r)
     }
 
     async fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<VersionRecord>> {
@@ -386,14 +448,16 @@ impl Store for PgStore {
         )
         .await?;
         let version = i64::try_from(version).unwrap_or(i64::MAX);
-        match c
+        let mut r = match c
             .query_opt(&st, &[&rtype, &id, &version])
             .await
             .map_err(db_err)?
         {
-            Some(row) => Ok(Some(record(&row, 0)?)),
-            None => Ok(None),
-        }
+            Some(row) => Some(record(&row, 0)?),
+            None => None,
+        };
+        self.reveal(&c, r.as_mut_slice()).await?;
+        Ok(r)
     }
 
     async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage> {
@@ -437,6 +501,7 @@ impl Store for PgStore {
         } else {
             None
         };
+        self.reveal(&c, &mut entries).await?;
         Ok(HistoryPage {
             entries,
             total: total.max(0) as u64,
@@ -446,11 +511,19 @@ impl Store for PgStore {
 
     async fn search(&self, q: &SearchQuery) -> Result<SearchPage> {
         let c = self.conn().await?;
-        search(&c, q).await
+        let mut page = search(&c, q).await?;
+        self.reveal(&c, &mut page.entries).await?;
+        Ok(page)
     }
 
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
         let c = self.conn().await?;
+        if let Some(k) = self.crypt.as_ref().filter(|k| k.stale()) {
+            // rotated by another process? (a failure keeps the keys held)
+            if let Err(e) = k.refresh(&c).await {
+                tracing::warn!(error = %e, "encryption: cannot re-read the keyring");
+            }
+        }
         c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await
             .map_err(db_err)?;
@@ -458,6 +531,7 @@ impl Store for PgStore {
             client: Some(c),
             failed: false,
             pending: write::Pending::default(),
+            crypt: self.crypt.clone(),
         }))
     }
 
@@ -474,12 +548,15 @@ impl Store for PgStore {
              WHERE NOT r.deleted ORDER BY k.o",
         )
         .await?;
-        c.query(&st, &[&types, &ids])
+        let mut out = c
+            .query(&st, &[&types, &ids])
             .await
             .map_err(db_err)?
             .iter()
             .map(|r| record(r, 0))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.reveal(&c, &mut out).await?;
+        Ok(out)
     }
 
     async fn references_from(
@@ -578,6 +655,7 @@ impl Store for PgStore {
             .then_some(last)
             .flatten()
             .map(|r| r.max(0) as u64);
+        self.reveal(&c, &mut records).await?;
         Ok(ScanPage {
             records,
             next,
@@ -646,10 +724,11 @@ impl Store for PgStore {
                 .map_err(db_err)?
             }
         };
-        let records = rows
+        let mut records = rows
             .iter()
             .map(|row| record(row, 0))
             .collect::<Result<Vec<_>>>()?;
+        self.reveal(&c, &mut records).await?;
         let next = (records.len() == q.limit && q.limit > 0)
             .then(|| records.last().map(|r| r.id.clone()))
             .flatten();
@@ -695,6 +774,8 @@ struct PgTx {
     failed: bool,
     /// Index work of this transaction's puts not yet sent (see [`write::Pending`]).
     pending: write::Pending,
+    /// The store's data keys, when encryption is on: bodies are sealed at `put`.
+    crypt: Option<std::sync::Arc<crypt::BodyCrypt>>,
 }
 
 impl Drop for PgTx {
@@ -747,8 +828,13 @@ impl PgTx {
 
     /// Record a failure of `r` (the transaction is then unusable until a rollback).
     fn track<T>(&mut self, r: Result<T>) -> Result<T> {
-        if r.is_err() {
+        if let Err(e) = &r {
             self.failed = true;
+            if let (StoreError::Busy(m), Some(k)) = (e, &self.crypt) {
+                if m.starts_with(&format!("postgres {}", crypt::STALE_KEY_STATE)) {
+                    k.mark_stale(); // a rotation retired our data key
+                }
+            }
         }
         r
     }
@@ -758,7 +844,13 @@ impl PgTx {
 impl StoreTx for PgTx {
     async fn read(&mut self, rtype: &str, id: &str) -> Result<Option<VersionRecord>> {
         self.flush().await?;
-        let r = read_latest(self.live()?, rtype, id).await;
+        let c = self.live()?;
+        let r = match read_latest(c, rtype, id).await {
+            Ok(mut r) => reveal(self.crypt.as_deref(), c, r.as_mut_slice())
+                .await
+                .map(|()| r),
+            Err(e) => Err(e),
+        };
         self.track(r)
     }
 
@@ -770,13 +862,22 @@ impl StoreTx for PgTx {
 
     async fn search(&mut self, q: &SearchQuery) -> Result<SearchPage> {
         self.flush().await?;
-        let r = search(self.live()?, q).await;
+        let c = self.live()?;
+        let r = match search(c, q).await {
+            Ok(mut page) => reveal(self.crypt.as_deref(), c, &mut page.entries)
+                .await
+                .map(|()| page),
+            Err(e) => Err(e),
+        };
         self.track(r)
     }
 
-    async fn put(&mut self, w: NewVersion) -> Result<()> {
+    async fn put(&mut self, mut w: NewVersion) -> Result<()> {
         if self.failed {
             return Err(tx_failed());
+        }
+        if let (Some(k), Some(body)) = (&self.crypt, &w.body) {
+            w.body = Some(k.seal(&w.rtype, &w.id, w.version, body));
         }
         let c = self.client.as_ref().ok_or_else(tx_gone)?;
         let r = write::put(c, w, &mut self.pending).await;

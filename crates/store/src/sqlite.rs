@@ -18,6 +18,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
+use salus_keys::{sqlcipher, DataKey};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex, OwnedMutexGuard, Semaphore};
@@ -39,6 +40,9 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// How long a connection waits on a lock before failing with `Busy`.
     pub busy_timeout_ms: u64,
+    /// The database key (SQLCipher): with one, every page of the file and of its WAL is
+    /// encrypted, indexes and full text included; `None` keeps the file unencrypted.
+    pub key: Option<DataKey>,
 }
 
 impl Default for SqliteOptions {
@@ -47,6 +51,7 @@ impl Default for SqliteOptions {
             durability: Durability::Normal,
             readers: 8,
             busy_timeout_ms: 5_000,
+            key: None,
         }
     }
 }
@@ -232,8 +237,9 @@ impl SqliteStore {
                 })?;
             }
         }
+        check_file_against_key(&path, options.key.as_ref())?;
         let writer = Connection::open(&path).map_err(db_err)?;
-        configure(&writer, &options, false)?;
+        configure(&writer, &options, false, &path)?;
         migrate(&writer)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -261,7 +267,7 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(db_err)?;
-                configure(&c, &self.inner.options, true)?;
+                configure(&c, &self.inner.options, true, &self.inner.path)?;
                 c
             }
         };
@@ -307,7 +313,25 @@ impl Drop for Reader<'_> {
     }
 }
 
-fn configure(conn: &Connection, options: &SqliteOptions, reader: bool) -> Result<()> {
+fn key_err(e: sqlcipher::DbKeyError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Refuse a file that does not match the configuration: an encrypted one without a
+/// key, a plaintext one with a key (`salus keys encrypt` converts it).
+fn check_file_against_key(path: &Path, key: Option<&DataKey>) -> Result<()> {
+    sqlcipher::check_file(path, key)
+        .map(|_| ())
+        .map_err(key_err)
+}
+
+fn apply_key(conn: &Connection, key: Option<&DataKey>, path: &Path) -> Result<()> {
+    sqlcipher::apply_key(conn, key, path).map_err(key_err)
+}
+
+fn configure(conn: &Connection, options: &SqliteOptions, reader: bool, path: &Path) -> Result<()> {
+    // The key comes before any other statement: SQLCipher reads nothing until then.
+    apply_key(conn, options.key.as_ref(), path)?;
     conn.busy_timeout(std::time::Duration::from_millis(options.busy_timeout_ms))
         .map_err(db_err)?;
     let sync = match options.durability {
@@ -1159,6 +1183,104 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap();
         crate::contract::run_all(Arc::new(store)).await;
+    }
+
+    fn keyed(key: &DataKey) -> SqliteOptions {
+        SqliteOptions {
+            key: Some(key.clone()),
+            ..SqliteOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_store_passes_the_backend_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path(), keyed(&DataKey::generate())).unwrap();
+        crate::contract::run_all(Arc::new(store)).await;
+    }
+
+    /// Whether any file of the data dir (database, WAL, shared memory) holds `needle`.
+    fn any_file_holds(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    async fn store_a_patient(store: &SqliteStore) {
+        let body = r#"{"resourceType":"Patient","id":"p1","name":[{"family":"Vandersloot","given":["Ottilie"]}]}"#;
+        let mut v = crate::contract::new_version("Patient", "p1", 1, None, body);
+        v.index = vec![IndexRow::String {
+            param: "family".into(),
+            normalized: "vandersloot".into(),
+            exact: "Vandersloot".into(),
+        }];
+        v.fulltext = Some(FullText {
+            narrative: String::new(),
+            content: "Vandersloot Ottilie".into(),
+        });
+        let mut tx = store.begin().await.unwrap();
+        tx.put(v).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_a_key_no_name_appears_in_the_files() {
+        for encrypted in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let key = DataKey::generate();
+            let options = if encrypted {
+                keyed(&key)
+            } else {
+                SqliteOptions::default()
+            };
+            let store = SqliteStore::open_dir(dir.path(), options.clone()).unwrap();
+            store_a_patient(&store).await;
+            // in the WAL before a checkpoint, in the main file after it
+            let in_wal = any_file_holds(dir.path(), b"Vandersloot")
+                || any_file_holds(dir.path(), b"vandersloot");
+            store.checkpoint().await.unwrap();
+            let in_db = any_file_holds(dir.path(), b"Vandersloot")
+                || any_file_holds(dir.path(), b"vandersloot");
+            assert_eq!(in_wal, !encrypted, "WAL, encrypted: {encrypted}");
+            assert_eq!(in_db, !encrypted, "database, encrypted: {encrypted}");
+            // the full-text index works over the encrypted file
+            let found = store.read("Patient", "p1").await.unwrap().unwrap();
+            assert!(found.body.unwrap().contains("Vandersloot"));
+            drop(store);
+            let again = SqliteStore::open_dir(dir.path(), options).unwrap();
+            assert!(again.read("Patient", "p1").await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DataKey::generate();
+        {
+            let store = SqliteStore::open_dir(dir.path(), keyed(&key)).unwrap();
+            store_a_patient(&store).await;
+            store.checkpoint().await.unwrap();
+        }
+        let err = |o| match SqliteStore::open_dir(dir.path(), o) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        };
+        let e = err(SqliteOptions::default());
+        assert!(
+            e.contains("is encrypted") && e.contains("[encryption]"),
+            "{e}"
+        );
+        let e = err(keyed(&DataKey::generate()));
+        assert!(e.contains("wrong encryption key"), "{e}");
+        // and a plaintext store opened with a key is refused, not overwritten
+        let plain = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open_dir(plain.path(), SqliteOptions::default()).unwrap());
+        let e = match SqliteStore::open_dir(plain.path(), keyed(&key)) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("salus keys encrypt"), "{e}");
     }
 
     #[tokio::test]

@@ -88,6 +88,7 @@ fn backend(dir: &std::path::Path) -> (Arc<dyn salus_store::Store>, Option<PgSche
                 schema: Some(schema.clone()),
                 pool_size: 8,
                 application_name: schema.clone(),
+                encryption: test_kek(),
                 ..Default::default()
             };
             let u = url.clone();
@@ -97,10 +98,31 @@ fn backend(dir: &std::path::Path) -> (Arc<dyn salus_store::Store>, Option<PgSche
             (Arc::new(store), Some(PgSchema { url, schema }))
         }
         Ok("sqlite") | Err(_) => (
-            Arc::new(SqliteStore::open_dir(dir, SqliteOptions::default()).expect("open store")),
+            Arc::new(SqliteStore::open_dir(dir, sqlite_options()).expect("open store")),
             None,
         ),
         Ok(other) => panic!("SALUS_TEST_BACKEND '{other}': use sqlite or postgres"),
+    }
+}
+
+/// With `SALUS_TEST_ENCRYPTION` set, every store of the suite is encrypted at rest
+/// (SQLite files under a data key, PostgreSQL bodies under a KEK): one key per process.
+fn test_key() -> Option<&'static salus_keys::DataKey> {
+    static KEY: std::sync::OnceLock<Option<salus_keys::DataKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        std::env::var_os("SALUS_TEST_ENCRYPTION").map(|_| salus_keys::DataKey::generate())
+    })
+    .as_ref()
+}
+
+fn test_kek() -> Option<Arc<dyn salus_keys::KeyEncryptionKey>> {
+    test_key().map(|k| Arc::new(salus_keys::LocalKek::new(k.clone())) as _)
+}
+
+fn sqlite_options() -> SqliteOptions {
+    SqliteOptions {
+        key: test_key().cloned(),
+        ..SqliteOptions::default()
     }
 }
 
@@ -193,6 +215,7 @@ impl App {
                     schema: Some(pg.schema.clone()),
                     pool_size: 8,
                     application_name: pg.schema.clone(),
+                    encryption: test_kek(),
                     ..Default::default()
                 };
                 let u = pg.url.clone();
@@ -204,7 +227,7 @@ impl App {
                 )
             }
             None => Arc::new(
-                SqliteStore::open_dir(self._dir.path(), SqliteOptions::default())
+                SqliteStore::open_dir(self._dir.path(), sqlite_options())
                     .expect("open the store a second time"),
             ),
         };

@@ -84,8 +84,19 @@ impl AuthServer {
         base_url: &str,
         data_dir: &Path,
     ) -> Result<Arc<AuthServer>, SetupError> {
+        Self::open_with_key(config, base_url, data_dir, None)
+    }
+
+    /// [`AuthServer::open`] with `auth.sqlite` encrypted under `db_key` (encryption at
+    /// rest) when one is given.
+    pub fn open_with_key(
+        config: AuthConfig,
+        base_url: &str,
+        data_dir: &Path,
+        db_key: Option<&salus_keys::DataKey>,
+    ) -> Result<Arc<AuthServer>, SetupError> {
         config.validate().map_err(SetupError::Config)?;
-        let store = Arc::new(SqliteAuthStore::open_in(data_dir)?);
+        let store = Arc::new(SqliteAuthStore::open_in_with_key(data_dir, db_key)?);
         let keys = KeyRing::load_or_create(data_dir, SystemClock.now())?;
         Ok(Self::new(
             config,
