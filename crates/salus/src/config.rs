@@ -164,6 +164,8 @@ pub struct Config {
     pub bulk: crate::bulk::BulkSettings,
     /// Virtual-visit scheduling (`[scheduling]`, docs/scheduling.md).
     pub scheduling: crate::scheduling::SchedulingSection,
+    /// FHIR Subscriptions (`[subscriptions]`, docs/subscriptions.md).
+    pub subscriptions: crate::subscriptions::SubscriptionsSection,
 }
 
 /// `[audit]`.
@@ -200,6 +202,7 @@ impl Default for Config {
             tls: None,
             bulk: Default::default(),
             scheduling: Default::default(),
+            subscriptions: Default::default(),
         }
     }
 }
@@ -356,6 +359,7 @@ impl Config {
             tracing::warn!("audit.enabled = false: accesses to patient data are NOT recorded");
         }
         self.scheduling.validate()?;
+        self.subscriptions.validate()?;
         Ok(())
     }
 }
