@@ -392,6 +392,11 @@ async fn criteria_subscriptions_ping_and_websockets_receive() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
+    // R4 criteria with a payload: the resource is PUT to [endpoint]/[type]/[id]
+    let mut full = classic.clone();
+    full["channel"]["payload"] = json!("application/fhir+json");
+    app.post("/Subscription", &full).await.expect(201);
+
     // a websocket subscription on the same topic
     let ws_sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "ws",
         "criteria": TOPIC,
@@ -464,6 +469,17 @@ async fn criteria_subscriptions_ping_and_websockets_receive() {
     })
     .await;
     assert_eq!(ping.1, "/hook");
+    let put = wait_for("the criteria PUT", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .find(|(m, _, _)| m == "PUT")
+            .cloned()
+    })
+    .await;
+    assert_eq!(put.1, format!("/hook/Observation/{oid}"));
+    let body: Value = serde_json::from_str(&put.2).unwrap();
+    assert_eq!(body["id"], oid.as_str());
 
     // a forged token is refused
     let (mut bad, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();

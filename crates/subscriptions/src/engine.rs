@@ -1688,6 +1688,89 @@ mod tests {
         task.abort();
     }
 
+    fn kinds(got: &Mutex<Vec<Value>>) -> Vec<(String, Vec<String>)> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let p = b["entry"][0]["resource"]["parameter"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let kind = p
+                    .iter()
+                    .find(|x| x["name"] == "type")
+                    .and_then(|x| x["valueCode"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let foci = p
+                    .iter()
+                    .filter(|x| x["name"] == "notification-event")
+                    .filter_map(|x| {
+                        x["part"][2]["valueReference"]["reference"]
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                    .collect();
+                (kind, foci)
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn query_criteria_compare_versions_and_idle_subscriptions_get_heartbeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            salus_store::sqlite::SqliteStore::open_dir(dir.path(), Default::default()).unwrap(),
+        );
+        let svc = FhirService::new(store, Default::default());
+        let (url, got) = receiver(Arc::new(AtomicBool::new(false))).await;
+        let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "t",
+            "criteria": "https://salus.dev/fhir/SubscriptionTopic/encounter-start",
+            "channel": {"type": "rest-hook", "endpoint": url, "payload": "application/fhir+json",
+                "extension": [{"url": crate::backport::HEARTBEAT_PERIOD, "valueUnsignedInt": 1}]}});
+        svc.create("Subscription", sub, None).await.unwrap();
+        let task = tokio::spawn(engine(&svc).run(std::future::pending()));
+        until("the handshake", || !got.lock().unwrap().is_empty()).await;
+        let enc = |status: &str| {
+            json!({"resourceType": "Encounter", "id": "e1", "status": status,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}})
+        };
+        // planned: no start; to in-progress: start; in-progress again: no new start;
+        // a second encounter created in progress: start
+        svc.update("Encounter", "e1", enc("planned"), None)
+            .await
+            .unwrap();
+        svc.update("Encounter", "e1", enc("in-progress"), None)
+            .await
+            .unwrap();
+        let mut again = enc("in-progress");
+        again["class"]["code"] = json!("IMP");
+        svc.update("Encounter", "e1", again, None).await.unwrap();
+        let mut other = enc("in-progress");
+        other["id"] = json!("e2");
+        svc.update("Encounter", "e2", other, None).await.unwrap();
+        until("two starts and a heartbeat", || {
+            let k = kinds(&got);
+            k.iter().filter(|(t, _)| t == "event-notification").count() >= 2
+                && k.iter().any(|(t, _)| t == "heartbeat")
+        })
+        .await;
+        let foci: Vec<String> = kinds(&got)
+            .into_iter()
+            .filter(|(t, _)| t == "event-notification")
+            .flat_map(|(_, f)| f)
+            .collect();
+        assert_eq!(
+            foci,
+            [
+                "http://localhost:8080/Encounter/e1/_history/2",
+                "http://localhost:8080/Encounter/e2/_history/1"
+            ]
+        );
+        task.abort();
+    }
+
     /// Block on a future from a sync closure (the test polls state in `until`).
     fn futures_lite<T>(
         f: impl std::future::Future<Output = Result<T, salus_store::StoreError>>,
