@@ -37,12 +37,13 @@ impl FromRequestParts<AppState> for Scoped {
     }
 }
 
-/// Paths anyone may call: discovery, health and metrics, and the device intake (which
-/// checks its own device tokens).
+/// Paths anyone may call: discovery, health and metrics, the device intake (which
+/// checks its own device tokens), and the subscription websocket (which accepts only a
+/// binding token from `$get-ws-binding-token`).
 fn is_public(method: &Method, path: &str, query: Option<&str>) -> bool {
     matches!(
         path,
-        "/metadata" | "/health" | "/metrics" | "/devices/messages"
+        "/metadata" | "/health" | "/metrics" | "/devices/messages" | "/$subscription-ws"
     ) || path.starts_with("/.well-known/")
         || (path == "/" && method == Method::GET && query.is_none_or(|q| q.is_empty()))
 }

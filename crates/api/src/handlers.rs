@@ -41,7 +41,7 @@ pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("{proto}://{host}")
 }
 
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
         None => Ok(None),
         Some(s) => parse_etag(s).map(Some).ok_or_else(|| {
@@ -91,7 +91,12 @@ fn version_response(
     resp
 }
 
-fn write_response(out: WriteOutcome, headers: &HeaderMap, fmt: Format, base: &str) -> Response {
+pub(crate) fn write_response(
+    out: WriteOutcome,
+    headers: &HeaderMap,
+    fmt: Format,
+    base: &str,
+) -> Response {
     let status = if out.created {
         StatusCode::CREATED
     } else {
@@ -178,6 +183,9 @@ pub async fn metadata(
                 }),
             );
         }
+    }
+    if let Some(engine) = &state.subscriptions {
+        crate::subscriptions::advertise(engine, &mut statement);
     }
     Ok(json_response(StatusCode::OK, &statement, fmt))
 }

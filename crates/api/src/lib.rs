@@ -16,6 +16,7 @@ mod handlers;
 pub mod hardening;
 mod negotiate;
 pub mod scheduling;
+mod subscriptions;
 mod views;
 
 use axum::routing::{get, post};
@@ -84,6 +85,8 @@ pub struct AppState {
     pub bulk: Option<Arc<salus_bulk::BulkEngine>>,
     /// Scheduling settings and the video provider (`Appointment/$book` and friends).
     pub scheduling: Arc<salus_service::scheduling::Scheduling>,
+    /// The subscription engine (docs/subscriptions.md), when enabled.
+    pub subscriptions: Option<salus_subscriptions::Engine>,
 }
 
 impl AppState {
@@ -101,6 +104,7 @@ impl AppState {
             rate_limiter: None,
             bulk: None,
             scheduling: Arc::default(),
+            subscriptions: None,
         }
     }
 
@@ -138,6 +142,12 @@ impl AppState {
     /// Use these scheduling settings (hold time, reminders, video provider).
     pub fn with_scheduling(mut self, scheduling: salus_service::scheduling::Scheduling) -> Self {
         self.scheduling = Arc::new(scheduling);
+        self
+    }
+
+    /// Check Subscription writes with this engine and serve its operations.
+    pub fn with_subscriptions(mut self, engine: salus_subscriptions::Engine) -> Self {
+        self.subscriptions = Some(engine);
         self
     }
 
@@ -280,6 +290,39 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/Patient/{id}/$everything",
             get(bulk::patient_everything).post(bulk::patient_everything),
+        )
+        // subscriptions (crates/api/src/subscriptions.rs)
+        .route("/$subscription-ws", get(subscriptions::websocket))
+        .route(
+            "/Subscription",
+            get(subscriptions::search)
+                .post(subscriptions::create)
+                .put(subscriptions::conditional_update)
+                .delete(subscriptions::conditional_delete),
+        )
+        .route(
+            "/Subscription/{id}",
+            get(subscriptions::read)
+                .put(subscriptions::update)
+                .patch(subscriptions::patch)
+                .delete(subscriptions::delete)
+                .post(subscriptions::instance_op),
+        )
+        .route(
+            "/Subscription/{id}/$status",
+            get(subscriptions::status).post(subscriptions::status),
+        )
+        .route(
+            "/Subscription/{id}/$events",
+            get(subscriptions::events).post(subscriptions::events),
+        )
+        .route(
+            "/Subscription/$get-ws-binding-token",
+            get(subscriptions::ws_token_type).post(subscriptions::ws_token_type),
+        )
+        .route(
+            "/Subscription/{id}/$get-ws-binding-token",
+            get(subscriptions::ws_token_instance).post(subscriptions::ws_token_instance),
         )
         .route(
             "/{rtype}",

@@ -166,6 +166,8 @@ pub struct Config {
     pub scheduling: crate::scheduling::SchedulingSection,
     /// Encryption at rest (`[encryption]`, docs/security.md).
     pub encryption: EncryptionConfig,
+    /// FHIR Subscriptions (`[subscriptions]`, docs/subscriptions.md).
+    pub subscriptions: crate::subscriptions::SubscriptionsSection,
 }
 
 /// `[encryption]`: encryption at rest. On SQLite the whole database files
@@ -231,6 +233,7 @@ impl Default for Config {
             bulk: Default::default(),
             scheduling: Default::default(),
             encryption: Default::default(),
+            subscriptions: Default::default(),
         }
     }
 }
@@ -412,6 +415,7 @@ impl Config {
         if !e.enabled && (e.key_file.is_some() || e.key_env.is_some()) {
             bail!("encryption.key_file / key_env are set but encryption.enabled is not: set enabled = true");
         }
+        self.subscriptions.validate()?;
         Ok(())
     }
 }

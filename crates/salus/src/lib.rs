@@ -15,5 +15,6 @@ pub mod hl7;
 pub mod import;
 pub mod scheduling;
 pub mod serve;
+pub mod subscriptions;
 pub mod tls;
 pub mod views;

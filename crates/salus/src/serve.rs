@@ -347,7 +347,16 @@ pub async fn serve(config: Config) -> Result<()> {
     // Build the definition tables now rather than on the first request.
     salus_fhir::preload();
     let backend = Backend::open(&config).await?;
-    let svc = service_over(&config, backend.store());
+    // Subscriptions: commits made here wake the engine at once (docs/subscriptions.md).
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let store = match config.subscriptions.enabled {
+        true => Arc::new(salus_subscriptions::NotifyingStore::new(
+            backend.store(),
+            changed.clone(),
+        )) as Arc<dyn salus_store::Store>,
+        false => backend.store(),
+    };
+    let svc = service_over(&config, store);
     if config.demo {
         let loaded = crate::demo::load_if_empty(&svc).await?;
         if loaded > 0 {
@@ -485,6 +494,17 @@ pub async fn serve(config: Config) -> Result<()> {
             }
         }));
         tracing::info!("device ingestion ready: POST /devices/messages");
+    }
+    if config.subscriptions.enabled {
+        let engine = config.subscriptions.engine(
+            public_base(&config),
+            state.auth.is_some(),
+            svc.clone(),
+            changed,
+        )?;
+        state = state.with_subscriptions(engine.clone());
+        device_tasks.push(tokio::spawn(engine.run(stopped(stop_rx.clone()))));
+        tracing::info!("subscriptions ready: rest-hook and websocket ($subscription-ws)");
     }
     let audit = state.audit.clone();
     let mut app = router(state.clone());

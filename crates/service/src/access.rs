@@ -495,6 +495,12 @@ impl StoreTx for GuardedTx {
                 "Basic/salus-audit-chain is written by the server only",
             ));
         }
+        if rtype == "Binary" && id.starts_with("salus-sub") {
+            // The subscription engine's bookkeeping (docs/subscriptions.md).
+            return Err(forbidden(
+                "Binary/salus-sub… records are written by the server only",
+            ));
+        }
         let previous = match write.expected_version {
             None => None,
             Some(_) => self.inner.read(&rtype, &id).await?,

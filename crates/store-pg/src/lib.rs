@@ -669,6 +669,27 @@ impl Store for PgStore {
         col(&c.query_one(&st, &[]).await.map_err(db_err)?, 0)
     }
 
+    async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<VersionRecord>> {
+        let c = self.conn().await?;
+        let st = prepare(
+            &c,
+            &format!(
+                "SELECT {} FROM resource_versions v WHERE v.seq > $1 ORDER BY v.seq LIMIT $2",
+                query::VERSION_COLS
+            ),
+        )
+        .await?;
+        let mut out = vec![];
+        for row in c
+            .query(&st, &[&after, &(limit as i64)])
+            .await
+            .map_err(db_err)?
+        {
+            out.push(record(&row, 0)?);
+        }
+        Ok(out)
+    }
+
     async fn snapshot_scan(&self, q: &SnapshotQuery) -> Result<SnapshotPage> {
         // Per resource: its current row when old enough, else the newest older version
         // that is (the same rule as the SQLite backend).

@@ -79,6 +79,9 @@ fn checks() -> Vec<(&'static str, Check)> {
         ("snapshots_ignore_later_writes", |s| {
             contract::snapshots_ignore_later_writes(s).boxed()
         }),
+        ("change_feed_in_seq_order", |s| {
+            contract::change_feed_in_seq_order(s).boxed()
+        }),
         ("purge_erases_every_version", |s| {
             contract::purge_erases_every_version(s).boxed()
         }),

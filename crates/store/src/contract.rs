@@ -67,7 +67,60 @@ pub async fn run_all(store: Arc<dyn Store>) {
     contained_resources(store.clone()).await;
     purge_erases_every_version(store.clone()).await;
     savepoints_undo_only_their_unit(store.clone()).await;
-    snapshots_ignore_later_writes(store).await;
+    snapshots_ignore_later_writes(store.clone()).await;
+    change_feed_in_seq_order(store).await;
+}
+
+/// The change feed: every version after a `seq`, oldest first, deletions included,
+/// `limit` at a time.
+pub async fn change_feed_in_seq_order(store: Arc<dyn Store>) {
+    let start = store.snapshot_seq().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.put(new_version("FeedA", "x", 1, None, ""))
+        .await
+        .unwrap();
+    tx.put(new_version("FeedA", "y", 1, None, ""))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.put(new_version("FeedA", "x", 2, Some(1), ""))
+        .await
+        .unwrap();
+    let mut del = new_version("FeedA", "y", 2, Some(1), "");
+    del.body = None;
+    del.method = Method::Delete;
+    tx.put(del).await.unwrap();
+    tx.commit().await.unwrap();
+    let all = store.changes_after(start, 100).await.unwrap();
+    let got: Vec<(String, u64, bool)> = all
+        .iter()
+        .filter(|r| r.rtype == "FeedA")
+        .map(|r| (r.id.clone(), r.version, r.is_deleted()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("x".to_string(), 1, false),
+            ("y".to_string(), 1, false),
+            ("x".to_string(), 2, false),
+            ("y".to_string(), 2, true)
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
+    let first_two = store.changes_after(start, 2).await.unwrap();
+    assert_eq!(first_two.len(), 2);
+    let rest = store.changes_after(first_two[1].seq, 100).await.unwrap();
+    assert_eq!(
+        rest.len(),
+        all.len() - 2,
+        "the cursor continues after the page"
+    );
+    assert!(store
+        .changes_after(all.last().unwrap().seq, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// A snapshot scan answers as of its `seq`: later updates, deletions and creations

@@ -111,6 +111,39 @@ pub trait Store: Send + Sync + 'static {
     /// commit a smaller one (see docs/bulk.md).
     async fn snapshot_seq(&self) -> Result<i64>;
 
+    /// The change feed (subscriptions): every stored version with `seq > after`, oldest
+    /// first, at most `limit`. Deletions are included (no body). On SQLite this is
+    /// commit order; on PostgreSQL a transaction still open may later commit a smaller
+    /// `seq` than one already returned, so a reader re-reads a window behind its cursor.
+    ///
+    /// The default walks [`Store::history`] newest first down to `after` (correct but
+    /// proportional to the backlog); backends answer it from their `seq` index.
+    async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<VersionRecord>> {
+        let mut found: Vec<VersionRecord> = vec![];
+        let mut cursor = None;
+        loop {
+            let page = self
+                .history(&HistoryQuery {
+                    scope: HistoryScope::System,
+                    since: None,
+                    before: None,
+                    current_from: None,
+                    cursor,
+                    count: 500,
+                })
+                .await?;
+            let done = page.entries.iter().any(|e| e.seq <= after) || page.next.is_none();
+            found.extend(page.entries.into_iter().filter(|e| e.seq > after));
+            if done {
+                break;
+            }
+            cursor = page.next;
+        }
+        found.sort_by_key(|e| e.seq);
+        found.truncate(limit);
+        Ok(found)
+    }
+
     /// Resources of one type as of a snapshot (bulk export): for each resource the
     /// latest version with `seq <= at_seq` (and `last_updated <= until`), ordered by id,
     /// `limit` at a time. Later writes never change the answer.

@@ -732,6 +732,22 @@ impl Store for SqliteStore {
         Ok(seq.unwrap_or(0))
     }
 
+    async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<VersionRecord>> {
+        let conn = self.reader()?;
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLS} FROM resource_versions v WHERE v.seq > ?1 \
+                 ORDER BY v.seq LIMIT ?2"
+            ))
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![after, limit as i64], row_to_record)
+            .map_err(db_err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err)?;
+        Ok(rows)
+    }
+
     async fn snapshot_scan(&self, query: &SnapshotQuery) -> Result<SnapshotPage> {
         snapshot_scan(&*self.reader()?, query)
     }
