@@ -90,7 +90,11 @@ async fn stored_measurements(http: &reqwest::Client, base: &str) -> u64 {
 }
 
 async fn flags_for(http: &reqwest::Client, base: &str, patient: &str) -> u64 {
-    let text = get(http, &format!("{base}/Flag?subject=Patient/{patient}&_summary=count")).await;
+    let text = get(
+        http,
+        &format!("{base}/Flag?subject=Patient/{patient}&_summary=count"),
+    )
+    .await;
     serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| v["total"].as_u64())
@@ -111,7 +115,10 @@ async fn main() {
         write_config(args.get(2).map_or("devbench", String::as_str));
         return;
     }
-    let base = args.get(1).cloned().unwrap_or("http://127.0.0.1:8080".into());
+    let base = args
+        .get(1)
+        .cloned()
+        .unwrap_or("http://127.0.0.1:8080".into());
     let broker = args.get(2).cloned().unwrap_or("127.0.0.1:1883".into());
     let devices: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let messages: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(20);
@@ -131,9 +138,11 @@ async fn main() {
     for chunk in ids.chunks(250) {
         let mut entries = vec![];
         for (patient, device) in chunk {
-            entries.push(json!({"resource": {"resourceType": "Patient", "id": patient,
+            entries.push(
+                json!({"resource": {"resourceType": "Patient", "id": patient,
                 "name": [{"family": "Bench", "given": [patient]}]},
-                "request": {"method": "PUT", "url": format!("Patient/{patient}")}}));
+                "request": {"method": "PUT", "url": format!("Patient/{patient}")}}),
+            );
             entries.push(json!({"resource": {"resourceType": "Device", "id": device,
                 "identifier": [{"system": SYSTEM, "value": device}],
                 "patient": {"reference": format!("Patient/{patient}")}},
