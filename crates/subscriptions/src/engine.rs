@@ -120,7 +120,12 @@ struct Inner {
     last_cursor_write: Mutex<i64>,
     http: reqwest::Client,
     secret: tokio::sync::OnceCell<Vec<u8>>,
+    /// Grants read recently (micros when read), so matching does not read one per event.
+    grants: Mutex<HashMap<String, (i64, Option<Grant>)>>,
 }
+
+/// How long a grant read from the store is used before it is read again.
+const GRANT_CACHE_MICROS: i64 = 5_000_000;
 
 fn now() -> i64 {
     salus_fhir::instant::now_micros()
@@ -155,6 +160,7 @@ impl Engine {
                     .build()
                     .expect("HTTP client"),
                 secret: tokio::sync::OnceCell::new(),
+                grants: Mutex::default(),
             }),
         }
     }
@@ -291,8 +297,15 @@ impl Engine {
         }
         let mut next = cur.value.clone();
         if cur.head.is_none() {
-            // First start: notify about changes from now on.
-            next.cursor = inner.store.snapshot_seq().await?;
+            // First start: nothing to do (and nothing written) until a Subscription
+            // exists; then notify about changes from the oldest one's current version on.
+            let mut q = SearchQuery::new("Subscription");
+            q.count = 1000;
+            let subs = inner.store.search(&q).await?;
+            match subs.entries.iter().map(|r| r.seq).min() {
+                None => return Ok(false),
+                Some(first) => next.cursor = first - 1,
+            }
         }
         if !mine {
             tracing::info!("this process now matches and delivers subscriptions");
@@ -740,9 +753,32 @@ impl Engine {
         if !self.inner.config.require_grants {
             return Ok(Some(self.inner.svc.clone()));
         }
-        let g: Loaded<Option<Grant>> =
-            state::read(self.inner.store.as_ref(), &state::grant_id(&spec.id)).await?;
-        match g.value {
+        let t = now();
+        let cached = self
+            .inner
+            .grants
+            .lock()
+            .unwrap()
+            .get(&spec.id)
+            // A grant for other content may just have been replaced: read it again.
+            .filter(|(at, g)| {
+                t - at < GRANT_CACHE_MICROS && g.as_ref().is_some_and(|g| g.hash == spec.hash)
+            })
+            .map(|(_, g)| g.clone());
+        let grant = match cached {
+            Some(g) => g,
+            None => {
+                let g: Loaded<Option<Grant>> =
+                    state::read(self.inner.store.as_ref(), &state::grant_id(&spec.id)).await?;
+                self.inner
+                    .grants
+                    .lock()
+                    .unwrap()
+                    .insert(spec.id.clone(), (t, g.value.clone()));
+                g.value
+            }
+        };
+        match grant {
             Some(g) if g.hash == spec.hash => match g.principal() {
                 Ok(p) => Ok(Some(self.inner.svc.scoped(Access::Caller(Arc::new(p))))),
                 Err(e) => {
