@@ -12,8 +12,8 @@
 //!
 //! ```text
 //! cargo build --release -p salus --example device_bench
-//! target/release/examples/device_bench --write-config /tmp/devbench
-//! target/release/salus serve --data-dir /tmp/devbench/data --config /tmp/devbench/salus.toml &
+//! target/release/examples/device_bench --write-config bench-out/devbench
+//! target/release/salus serve --data-dir bench-out/devbench/data --config bench-out/devbench/salus.toml &
 //! target/release/examples/device_bench http://127.0.0.1:8080 127.0.0.1:1883 1000 20 10
 //! ```
 
