@@ -24,17 +24,7 @@ const RULES: &str = r#"{"rules": [{"id": "tachycardia", "type": "heartrate", "va
   "threshold": {"op": ">", "value": 120}}]}"#;
 
 fn broker() -> Option<(String, u16)> {
-    let addr = std::env::var("SALUS_TEST_MQTT").unwrap_or_else(|_| "127.0.0.1:1883".into());
-    let (host, port) = addr.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    if std::net::TcpStream::connect((host, port)).is_ok() {
-        return Some((host.to_string(), port));
-    }
-    if std::env::var_os("SALUS_REQUIRE_SHARED").is_some() {
-        panic!("no MQTT broker at {addr}, and CI requires one");
-    }
-    eprintln!("SKIPPED: no MQTT broker at {addr}; the device end-to-end test did not run");
-    None
+    process::mqtt_broker("the device end-to-end test")
 }
 
 async fn json_of(r: reqwest::Response) -> Value {

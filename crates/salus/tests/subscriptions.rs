@@ -30,17 +30,7 @@ const CONTENT_EXT: &str =
 const TOPIC: &str = "https://salus.dev/fhir/SubscriptionTopic/device-alert";
 
 fn broker() -> Option<(String, u16)> {
-    let addr = std::env::var("SALUS_TEST_MQTT").unwrap_or_else(|_| "127.0.0.1:1883".into());
-    let (host, port) = addr.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    if std::net::TcpStream::connect((host, port)).is_ok() {
-        return Some((host.to_string(), port));
-    }
-    if std::env::var_os("SALUS_REQUIRE_SHARED").is_some() {
-        panic!("no MQTT broker at {addr}, and CI requires one");
-    }
-    eprintln!("SKIPPED: no MQTT broker at {addr}; the subscription end-to-end test did not run");
-    None
+    process::mqtt_broker("the subscription end-to-end test")
 }
 
 fn notification_type(v: &Value) -> String {

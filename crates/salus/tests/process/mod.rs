@@ -70,3 +70,20 @@ pub fn stop(mut child: Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The MQTT broker device tests publish to (`SALUS_TEST_MQTT=host:port`, else
+/// 127.0.0.1:1883): `None`, said loudly, when there is none; a panic where CI requires one
+/// (`SALUS_REQUIRE_SHARED`). `what` names the test that did not run.
+pub fn mqtt_broker(what: &str) -> Option<(String, u16)> {
+    let addr = std::env::var("SALUS_TEST_MQTT").unwrap_or_else(|_| "127.0.0.1:1883".into());
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if std::net::TcpStream::connect((host, port)).is_ok() {
+        return Some((host.to_string(), port));
+    }
+    if std::env::var_os("SALUS_REQUIRE_SHARED").is_some() {
+        panic!("no MQTT broker at {addr}, and CI requires one");
+    }
+    eprintln!("SKIPPED: no MQTT broker at {addr}; {what} did not run");
+    None
+}
