@@ -610,6 +610,13 @@ pub async fn resource_op(
     match (rtype.as_str(), op.as_str()) {
         ("Patient", "$purge") => {
             let counts = state.service.purge_patient(&id).await?;
+            // Alert rules keep per-patient state (readings in trend windows): erase it too.
+            if let Some(ingest) = state.devices.as_ref().and_then(|d| d.ingest.as_ref()) {
+                state
+                    .service
+                    .forget_device_rule_subject(ingest, &id)
+                    .await?;
+            }
             Ok(json_response(
                 StatusCode::OK,
                 &salus_service::purge_parameters(&counts),

@@ -63,7 +63,7 @@ pub use content::{ContentTemplates, Measurement, Normalized};
 pub use error::{MappingError, NormalizeError, TemplateError};
 pub use fhir::{merge, FhirTemplates};
 pub use identity::{DeviceDirectory, MappingConfig, Plan};
-pub use rules::{alert_resources, Alert, AlertContext, RuleEngine, RuleSet};
+pub use rules::{alert_resources, Alert, AlertContext, EngineState, RuleEngine, RuleSet};
 
 use serde_json::Value;
 

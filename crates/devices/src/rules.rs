@@ -23,7 +23,7 @@ use crate::content::Measurement;
 use crate::fhir::{fmt_time, stable_hash};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use time::{Duration, OffsetDateTime};
 
@@ -375,18 +375,97 @@ pub struct EngineState {
     tracks: BTreeMap<String, BTreeMap<String, Track>>,
 }
 
+impl EngineState {
+    /// Which of `shards` parts (0..shards) holds a subject's tracks when the state is
+    /// persisted in parts (stable across releases: FNV-1a of the subject).
+    pub fn shard_of(subject: &str, shards: u32) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in subject.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % shards.max(1)
+    }
+
+    /// The part of the state whose subjects fall in `shard` (see [`EngineState::shard_of`]).
+    pub fn shard(&self, shard: u32, shards: u32) -> EngineState {
+        let mut tracks = BTreeMap::new();
+        for (rule, subjects) in &self.tracks {
+            let part: BTreeMap<String, Track> = subjects
+                .iter()
+                .filter(|(s, _)| Self::shard_of(s, shards) == shard)
+                .map(|(s, t)| (s.clone(), t.clone()))
+                .collect();
+            if !part.is_empty() {
+                tracks.insert(rule.clone(), part);
+            }
+        }
+        EngineState { tracks }
+    }
+
+    /// The parts `which` of the state in one pass (parts without state are absent).
+    pub fn shards(&self, which: &BTreeSet<u32>, shards: u32) -> BTreeMap<u32, EngineState> {
+        let mut out: BTreeMap<u32, EngineState> = BTreeMap::new();
+        for (rule, subjects) in &self.tracks {
+            for (s, t) in subjects {
+                let k = Self::shard_of(s, shards);
+                if which.contains(&k) {
+                    out.entry(k)
+                        .or_default()
+                        .tracks
+                        .entry(rule.clone())
+                        .or_default()
+                        .insert(s.clone(), t.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Drop the tracks of the subjects in part `shard`.
+    pub fn clear_shard(&mut self, shard: u32, shards: u32) {
+        for subjects in self.tracks.values_mut() {
+            subjects.retain(|s, _| Self::shard_of(s, shards) != shard);
+        }
+    }
+
+    /// Add a persisted part (its tracks replace any held for the same rule and subject).
+    pub fn merge(&mut self, part: EngineState) {
+        for (rule, subjects) in part.tracks {
+            self.tracks.entry(rule).or_default().extend(subjects);
+        }
+    }
+
+    /// Subjects with any state.
+    pub fn subjects(&self) -> usize {
+        let all: BTreeSet<&String> = self.tracks.values().flat_map(|s| s.keys()).collect();
+        all.len()
+    }
+
+    /// Forget a subject (GDPR erasure of its patient). Returns whether it had state.
+    pub fn forget(&mut self, subject: &str) -> bool {
+        let mut had = false;
+        for subjects in self.tracks.values_mut() {
+            had |= subjects.remove(subject).is_some();
+        }
+        had
+    }
+}
+
+/// The subject a measurement's rule state is kept under: its patient id, else
+/// `device:<device id>`.
+pub fn subject_of(m: &Measurement) -> String {
+    match &m.patient_id {
+        Some(p) => p.clone(),
+        None => format!("device:{}", m.device_id),
+    }
+}
+
 /// Evaluates a [`RuleSet`] over measurements.
 #[derive(Debug, Clone)]
 pub struct RuleEngine {
     rules: RuleSet,
     state: EngineState,
-}
-
-fn subject_of(m: &Measurement) -> String {
-    match &m.patient_id {
-        Some(p) => p.clone(),
-        None => format!("device:{}", m.device_id),
-    }
 }
 
 impl RuleEngine {
@@ -407,6 +486,24 @@ impl RuleEngine {
     /// The state to persist.
     pub fn state(&self) -> &EngineState {
         &self.state
+    }
+
+    /// Drop the state of the subjects in part `shard` (before loading it again).
+    pub fn clear_shard(&mut self, shard: u32, shards: u32) {
+        self.state.clear_shard(shard, shards);
+    }
+
+    /// Forget a subject's state (GDPR erasure). Returns whether it had any.
+    pub fn forget(&mut self, subject: &str) -> bool {
+        self.state.forget(subject)
+    }
+
+    /// Add a persisted part of the state ([`EngineState::shard`]); tracks of rules no
+    /// longer configured are dropped.
+    pub fn load(&mut self, mut part: EngineState) {
+        part.tracks
+            .retain(|id, _| self.rules.rules.iter().any(|r| &r.id == id));
+        self.state.merge(part);
     }
 
     /// The rules.
@@ -733,6 +830,60 @@ mod tests {
     }
 
     const T0: OffsetDateTime = datetime!(2024-06-01 12:00:00 UTC);
+
+    #[test]
+    fn state_persisted_in_shards_resumes_episodes() {
+        let rules = r#"{"rules": [{"id": "tachy", "type": "heartrate", "value": "hr", "severity": "high",
+            "threshold": {"op": ">", "value": 120}}]}"#;
+        let mut e = engine(rules);
+        let mut fired = Vec::new();
+        for (p, hr) in [("p1", 130.0), ("p2", 90.0), ("p3", 150.0), ("p4", 100.0)] {
+            let mut m = reading("heartrate", "hr", hr, T0);
+            m.patient_id = Some(p.into());
+            fired.extend(e.observe(&m, T0));
+        }
+        assert_eq!(fired.len(), 2);
+        assert_eq!(e.state().subjects(), 4);
+        // Persist in parts (through JSON, as the server does) and resume in a new engine.
+        let shards = 8;
+        let mut parts = vec![];
+        for k in 0..shards {
+            let part = e.state().shard(k, shards);
+            for subject in ["p1", "p2", "p3", "p4"] {
+                let holds = !part.shard(k, shards).tracks.is_empty()
+                    && part.tracks["tachy"].contains_key(subject);
+                assert_eq!(holds, EngineState::shard_of(subject, shards) == k);
+            }
+            parts.push(serde_json::to_string(&part).unwrap());
+        }
+        let mut resumed = engine(rules);
+        for p in &parts {
+            resumed.load(serde_json::from_str(p).unwrap());
+        }
+        assert_eq!(resumed.state(), e.state());
+        // The open episodes stay open (no second alert while the condition holds) and
+        // close when it clears.
+        let later = T0 + Duration::minutes(1);
+        let mut m = reading("heartrate", "hr", 140.0, later);
+        assert!(resumed.observe(&m, later).is_empty());
+        m.properties.insert("hr".into(), "100".into());
+        let closed = resumed.observe(&m, later);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].status, AlertStatus::Resolved);
+        assert_eq!(closed[0].episode_id, fired[0].episode_id);
+        // Rules no longer configured are dropped on load; erasure forgets a subject.
+        let mut other = engine(
+            r#"{"rules": [{"id": "brady", "type": "heartrate", "value": "hr", "severity": "high",
+            "threshold": {"op": "<", "value": 40}}]}"#,
+        );
+        for p in &parts {
+            other.load(serde_json::from_str(p).unwrap());
+        }
+        assert_eq!(other.state().subjects(), 0);
+        assert!(resumed.forget("p3"));
+        assert!(!resumed.forget("p3"));
+        assert_eq!(resumed.state().subjects(), 3);
+    }
 
     #[test]
     fn threshold_fires_once_per_episode_and_rearms() {

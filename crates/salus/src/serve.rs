@@ -464,6 +464,10 @@ pub async fn serve(config: Config) -> Result<()> {
     // missing-data rules.
     let mut device_tasks = vec![];
     if let Some(rt) = config.devices.load(&svc)? {
+        let subjects = svc.load_device_rule_state(&rt.ingest).await?;
+        if subjects > 0 {
+            tracing::info!(subjects, "alert-rule state resumed");
+        }
         state = state.with_devices(salus_api::devices::DeviceEndpoint {
             sink: rt.sink.clone(),
             tokens: rt.tokens.clone(),

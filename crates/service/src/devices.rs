@@ -12,9 +12,13 @@ use crate::service::tx_match;
 use crate::{FhirService, Result};
 use salus_devices::fhir::Identifier;
 use salus_devices::identity::DeviceRecord;
-use salus_devices::{alert_resources, AlertContext, DevicePipeline, Measurement, RuleEngine};
+use salus_devices::rules::subject_of;
+use salus_devices::{
+    alert_resources, AlertContext, DevicePipeline, EngineState, Measurement, RuleEngine,
+};
+use salus_store::{Method, NewVersion, StoreTx};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -23,11 +27,24 @@ pub const SALUS_CODES: &str = "https://salus.health/fhir/CodeSystem/salus";
 /// `Basic.code` of a dead-lettered device message.
 pub const DEAD_LETTER_CODE: &str = "device-dead-letter";
 const EXT: &str = "https://salus.health/fhir/StructureDefinition";
+/// `meta.tag` code of the Binary resources holding alert-rule state.
+pub const RULE_STATE_TAG: &str = "device-rule-state";
+/// The alert-rule state is persisted in this many parts, by subject, so a batch rewrites
+/// only the parts of the subjects it touched.
+pub const RULE_STATE_SHARDS: u32 = 64;
+
+/// Id of the Binary that holds part `k` of the alert-rule state.
+pub fn rule_state_id(k: u32) -> String {
+    format!("salus-device-rules-{k}")
+}
 
 /// A configured device pipeline with its alert rules (their state lives here).
 pub struct DeviceIngest {
     pipeline: DevicePipeline,
     rules: Option<Mutex<RuleEngine>>,
+    /// Held while rules are evaluated and their state and alerts written, so the stored
+    /// state parts follow the order of evaluation.
+    rule_turn: tokio::sync::Mutex<()>,
     /// The care team that gets alert Tasks and Communications.
     care_team: Option<String>,
     counters: DeviceCounters,
@@ -108,6 +125,7 @@ impl DeviceIngest {
         DeviceIngest {
             pipeline,
             rules: rules.map(Mutex::new),
+            rule_turn: tokio::sync::Mutex::new(()),
             care_team,
             counters: DeviceCounters::default(),
         }
@@ -334,10 +352,18 @@ impl FhirService {
         if n_entries > 0 {
             self.transaction_into(tx.as_mut(), bundle).await?;
             tx.commit().await?;
+        } else {
+            // end it before the rules' own transaction (SQLite has one writer)
+            drop(tx);
         }
-        // alert rules, after the readings are stored
+        // Alert rules, after the readings are stored. Their state and the alerts are
+        // written in one transaction: if it fails (or the process dies first) the batch
+        // is not acknowledged, its redelivery finds the readings already stored and
+        // evaluates the rules again from the stored state, so each alert is written once.
         if let Some(engine) = &ingest.rules {
+            let _turn = ingest.rule_turn.lock().await;
             let now = time::OffsetDateTime::now_utc();
+            let mut touched = BTreeSet::new();
             let alerts = {
                 let mut engine = engine.lock().expect("rule engine");
                 let mut alerts = vec![];
@@ -351,11 +377,14 @@ impl FhirService {
                             .and_then(|d| d.patient_reference)
                             .map(|p| p.trim_start_matches("Patient/").to_string());
                     }
+                    touched.insert(EngineState::shard_of(&subject_of(&m), RULE_STATE_SHARDS));
                     alerts.extend(engine.observe(&m, now));
                 }
                 alerts
             };
-            report.alert_resources += self.write_alerts(ingest, &alerts, &devices).await?;
+            report.alert_resources += self
+                .write_alerts(ingest, &alerts, &devices, &touched)
+                .await?;
         }
         ingest.counters.add(&report);
         Ok(report)
@@ -404,18 +433,116 @@ impl FhirService {
         let Some(engine) = &ingest.rules else {
             return Ok(0);
         };
+        let _turn = ingest.rule_turn.lock().await;
         let alerts = engine
             .lock()
             .expect("rule engine")
             .tick(time::OffsetDateTime::now_utc());
-        self.write_alerts(ingest, &alerts, &HashMap::new()).await
+        let touched: BTreeSet<u32> = alerts
+            .iter()
+            .map(|a| EngineState::shard_of(&a.subject, RULE_STATE_SHARDS))
+            .collect();
+        self.write_alerts(ingest, &alerts, &HashMap::new(), &touched)
+            .await
     }
 
+    /// Load the persisted alert-rule state (at start, before any message is processed).
+    /// Returns the number of subjects with state.
+    pub async fn load_device_rule_state(&self, ingest: &DeviceIngest) -> Result<usize> {
+        let Some(engine) = &ingest.rules else {
+            return Ok(0);
+        };
+        let _turn = ingest.rule_turn.lock().await;
+        let keys: Vec<(String, String)> = (0..RULE_STATE_SHARDS)
+            .map(|k| ("Binary".to_string(), rule_state_id(k)))
+            .collect();
+        let stored = self.store().read_many(&keys).await?;
+        let mut engine = engine.lock().expect("rule engine");
+        for record in stored {
+            match decode_rule_state(record.body.as_deref()) {
+                Ok(part) => engine.load(part),
+                // Unreadable state is not fatal: the rules start afresh for those subjects
+                // (an episode in progress may alert once more).
+                Err(e) => {
+                    tracing::warn!(id = %record.id, error = %e, "alert-rule state part ignored")
+                }
+            }
+        }
+        Ok(engine.state().subjects())
+    }
+
+    /// Drop a patient's alert-rule state (erasure) and persist that.
+    pub async fn forget_device_rule_subject(
+        &self,
+        ingest: &DeviceIngest,
+        patient: &str,
+    ) -> Result<bool> {
+        let Some(engine) = &ingest.rules else {
+            return Ok(false);
+        };
+        let _turn = ingest.rule_turn.lock().await;
+        if !engine.lock().expect("rule engine").forget(patient) {
+            return Ok(false);
+        }
+        let touched = BTreeSet::from([EngineState::shard_of(patient, RULE_STATE_SHARDS)]);
+        self.write_alerts(ingest, &[], &HashMap::new(), &touched)
+            .await?;
+        Ok(true)
+    }
+
+    /// Put the rule state parts `touched` back to what the store holds (after a failed
+    /// write), so the next evaluation starts from the persisted state.
+    async fn reload_rule_state(&self, ingest: &DeviceIngest, touched: &BTreeSet<u32>) {
+        let Some(engine) = &ingest.rules else {
+            return;
+        };
+        let keys: Vec<(String, String)> = touched
+            .iter()
+            .map(|&k| ("Binary".to_string(), rule_state_id(k)))
+            .collect();
+        let stored = match self.store().read_many(&keys).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload alert-rule state");
+                return;
+            }
+        };
+        let mut engine = engine.lock().expect("rule engine");
+        for &k in touched {
+            engine.clear_shard(k, RULE_STATE_SHARDS);
+        }
+        for record in stored {
+            if let Ok(part) = decode_rule_state(record.body.as_deref()) {
+                engine.load(part);
+            }
+        }
+    }
+
+    /// Write the alerts' Flag, Task and Communication resources and the rule-state parts
+    /// `touched`, in one transaction. On failure the in-memory state of those parts is
+    /// put back to the stored one.
     async fn write_alerts(
         &self,
         ingest: &DeviceIngest,
         alerts: &[salus_devices::Alert],
         devices: &HashMap<String, Option<DeviceRecord>>,
+        touched: &BTreeSet<u32>,
+    ) -> Result<usize> {
+        let written = self
+            .write_alerts_once(ingest, alerts, devices, touched)
+            .await;
+        if written.is_err() {
+            self.reload_rule_state(ingest, touched).await;
+        }
+        written
+    }
+
+    async fn write_alerts_once(
+        &self,
+        ingest: &DeviceIngest,
+        alerts: &[salus_devices::Alert],
+        devices: &HashMap<String, Option<DeviceRecord>>,
+        touched: &BTreeSet<u32>,
     ) -> Result<usize> {
         let mut entries = vec![];
         for a in alerts {
@@ -448,14 +575,79 @@ impl FhirService {
                 entries.push(json!({"resource": r, "request": {"method": method, "url": url}}));
             }
         }
-        if entries.is_empty() {
+        let parts: Vec<(u32, EngineState)> = match &ingest.rules {
+            Some(engine) => {
+                let engine = engine.lock().expect("rule engine");
+                let parts = engine.state().shards(touched, RULE_STATE_SHARDS);
+                touched
+                    .iter()
+                    .map(|&k| (k, parts.get(&k).cloned().unwrap_or_default()))
+                    .collect()
+            }
+            None => vec![],
+        };
+        if entries.is_empty() && parts.is_empty() {
             return Ok(0);
         }
         let n = entries.len();
-        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
         let mut tx = self.store().begin().await?;
-        self.transaction_into(tx.as_mut(), bundle).await?;
+        if !entries.is_empty() {
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+            self.transaction_into(tx.as_mut(), bundle).await?;
+        }
+        for (k, part) in parts {
+            write_rule_state(tx.as_mut(), k, &part).await?;
+        }
         tx.commit().await?;
         Ok(n)
     }
+}
+
+fn decode_rule_state(body: Option<&str>) -> std::result::Result<EngineState, String> {
+    use base64::Engine;
+    let body: Value = serde_json::from_str(body.unwrap_or("null")).map_err(|e| e.to_string())?;
+    let data = body["data"].as_str().ok_or("no data")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Replace part `k` of the rule state. The part is erased and written afresh as version
+/// 1 (no history: it changes with every batch and is the server's bookkeeping, not a
+/// clinical record); an empty part is only erased.
+async fn write_rule_state(tx: &mut dyn StoreTx, k: u32, part: &EngineState) -> Result<()> {
+    use base64::Engine;
+    let id = rule_state_id(k);
+    tx.purge("Binary", &id).await?;
+    if part.subjects() == 0 {
+        return Ok(());
+    }
+    let now = crate::time::now_micros();
+    let data = serde_json::to_vec(part).expect("rule state serializes");
+    let body = json!({
+        "resourceType": "Binary",
+        "id": id,
+        "meta": {
+            "versionId": "1",
+            "lastUpdated": crate::time::format_instant(now),
+            "tag": [{"system": SALUS_CODES, "code": RULE_STATE_TAG}]
+        },
+        "contentType": "application/json",
+        "data": base64::engine::general_purpose::STANDARD.encode(data),
+    });
+    tx.put(NewVersion {
+        rtype: "Binary".into(),
+        id: id.clone(),
+        version: 1,
+        expected_version: None,
+        last_updated: now,
+        method: Method::Post,
+        index: salus_search::extract::extract(&body),
+        body: Some(body.to_string()),
+        fulltext: None,
+        contained: vec![],
+    })
+    .await?;
+    Ok(())
 }

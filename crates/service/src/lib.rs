@@ -31,7 +31,10 @@ pub use salus_fhir::instant as time;
 
 pub use bundle::parse_etag;
 pub use bundle::{BundleKind, PreparedTransaction};
-pub use devices::{DeviceCounters, DeviceIngest, IngestReport, DEAD_LETTER_CODE, SALUS_CODES};
+pub use devices::{
+    rule_state_id, DeviceCounters, DeviceIngest, IngestReport, DEAD_LETTER_CODE, RULE_STATE_SHARDS,
+    SALUS_CODES,
+};
 pub use error::status_line;
 pub use error::FhirError;
 pub use import::ImportFailure;

@@ -202,3 +202,114 @@ async fn device_messages_become_idempotent_observations_dead_letters_and_alerts(
     let letter = svc.read("Basic", &r.dead_letters[0]).await.unwrap();
     assert!(letter.body.unwrap().contains("not JSON"));
 }
+
+/// The statuses of every Flag, sorted.
+async fn flags(svc: &FhirService) -> Vec<String> {
+    let page = svc
+        .search("Flag", &[("_count".into(), "100".into())], true)
+        .await
+        .unwrap()
+        .page;
+    let mut out: Vec<String> = page
+        .entries
+        .iter()
+        .map(|e| {
+            let v: Value = serde_json::from_str(e.body.as_deref().unwrap()).unwrap();
+            v["status"].as_str().unwrap().to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn alert_rule_state_survives_a_restart_and_erasure_forgets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut patients = vec![];
+    {
+        let svc = service(dir.path());
+        let ingest = ingest();
+        for n in 0..3 {
+            let patient = svc
+                .create(
+                    "Patient",
+                    json!({"resourceType": "Patient", "name": [{"family": format!("Watched{n}")}]}),
+                    None,
+                )
+                .await
+                .unwrap()
+                .record
+                .id;
+            svc.create(
+                "Device",
+                json!({"resourceType": "Device",
+                    "identifier": [{"system": "urn:salus:devices:device-id", "value": format!("cuff-{n}")}],
+                    "patient": {"reference": format!("Patient/{patient}")}}),
+                None,
+            )
+            .await
+            .unwrap();
+            patients.push(patient);
+        }
+        // cuff-0 and cuff-1 start an episode; cuff-2 stays normal
+        let batch = vec![
+            reading("cuff-0", 1, 130),
+            reading("cuff-1", 1, 140),
+            reading("cuff-2", 1, 80),
+        ];
+        let r = svc
+            .ingest_device_messages(&ingest, &batch, "http")
+            .await
+            .unwrap();
+        assert!(r.alert_resources > 0, "{r:?}");
+        assert_eq!(flags(&svc).await, ["active", "active"]);
+    }
+
+    // "restart": a new service and pipeline on the same data dir, state loaded from it
+    let svc = service(dir.path());
+    let ingest = ingest();
+    assert_eq!(svc.load_device_rule_state(&ingest).await.unwrap(), 3);
+    // the condition persists: no second alert for the open episodes
+    let r = svc
+        .ingest_device_messages(
+            &ingest,
+            &[reading("cuff-0", 2, 135), reading("cuff-1", 2, 150)],
+            "http",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.alert_resources, 0,
+        "no alert storm after a restart: {r:?}"
+    );
+    assert_eq!(flags(&svc).await, ["active", "active"]);
+    // it clears: the stored episode is closed (its Flag inactive), not a new one opened
+    svc.ingest_device_messages(&ingest, &[reading("cuff-0", 3, 70)], "http")
+        .await
+        .unwrap();
+    assert_eq!(flags(&svc).await, ["active", "inactive"]);
+
+    // erasure of a patient removes its rule state from memory and from the store
+    assert!(svc
+        .forget_device_rule_subject(&ingest, &patients[1])
+        .await
+        .unwrap());
+    let svc = service(dir.path());
+    let resumed = self::ingest();
+    assert_eq!(svc.load_device_rule_state(&resumed).await.unwrap(), 2);
+    let keys: Vec<(String, String)> = (0..salus_service::RULE_STATE_SHARDS)
+        .map(|k| ("Binary".to_string(), salus_service::rule_state_id(k)))
+        .collect();
+    let stored = svc.store().read_many(&keys).await.unwrap();
+    assert!(!stored.is_empty());
+    for r in stored {
+        use base64::Engine;
+        let body: Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(body["data"].as_str().unwrap())
+            .unwrap();
+        let text = String::from_utf8(data).unwrap();
+        assert!(!text.contains(&patients[1]), "erased patient in rule state");
+        assert_eq!(r.version, 1, "rule state keeps no history");
+    }
+}
