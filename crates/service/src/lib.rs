@@ -35,6 +35,7 @@ pub use devices::{DeviceCounters, DeviceIngest, IngestReport, DEAD_LETTER_CODE, 
 pub use error::status_line;
 pub use error::FhirError;
 pub use import::ImportFailure;
+pub use index::{extract as extract_index, Indexed};
 pub use query::parse_pairs;
 pub use reindex::{ReindexState, ReindexStatus};
 pub use search::SearchResult;
