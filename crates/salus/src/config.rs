@@ -39,6 +39,9 @@ pub struct StorageConfig {
     pub database: Option<String>,
     /// Connections in the PostgreSQL pool.
     pub pool_size: usize,
+    /// On PostgreSQL, write large batches of bulk loads (`salus import`, `salus
+    /// migrate`) by binary `COPY`; off, they go through the ordinary batched inserts.
+    pub bulk_copy: bool,
 }
 
 impl Default for StorageConfig {
@@ -49,6 +52,7 @@ impl Default for StorageConfig {
             busy_timeout_ms: 5_000,
             database: None,
             pool_size: 16,
+            bulk_copy: true,
         }
     }
 }

@@ -630,17 +630,22 @@ pub async fn run_cli(
     server: Option<String>,
     progress: bool,
 ) -> Result<bool> {
+    let mut backend = None;
     let target = match server {
         Some(base) => Target::Remote {
             client: reqwest::Client::new(),
             base,
         },
         None => {
-            let store = crate::serve::open_store(config)?;
-            Target::Local(crate::serve::service(config, store))
+            // the embedded store, or PostgreSQL when `storage.database` names one
+            let b = backend.insert(crate::serve::Backend::open(config).await?);
+            Target::Local(crate::serve::service_over(config, b.store()))
         }
     };
     let report = import_paths(&target, paths, progress).await?;
+    if let Some(b) = &backend {
+        b.close().await?;
+    }
     for (f, why) in &report.skipped {
         eprintln!("skipped {}: {why}", f.display());
     }

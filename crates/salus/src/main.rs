@@ -76,6 +76,28 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Move a whole store (every version) between an embedded data dir and PostgreSQL,
+    /// in either direction, then verify the target against the source
+    Migrate {
+        /// The store to read: sqlite:DIR (an embedded data dir) or a postgres:// URL
+        #[arg(long, value_name = "SRC")]
+        from: String,
+        /// The store to fill: sqlite:DIR or a postgres:// URL; it must be empty
+        #[arg(long, value_name = "DST")]
+        to: String,
+        /// Continue an interrupted migration into a non-empty target: versions already
+        /// there are skipped, and everything is verified
+        #[arg(long, conflicts_with = "force_empty")]
+        resume: bool,
+        /// Erase everything in the target first
+        #[arg(long)]
+        force_empty: bool,
+        /// Hide the progress bar
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Rebuild the search indexes and full text of every stored resource
     Reindex {
         /// Hide the progress bar
@@ -246,6 +268,28 @@ fn main() -> Result<()> {
                 progress: !quiet,
             };
             runtime.block_on(salus::bulk::export_cli(&config, args))
+        }
+        Command::Migrate {
+            from,
+            to,
+            resume,
+            force_empty,
+            quiet,
+            overrides,
+        } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            let args = salus::migrate::MigrateArgs {
+                from,
+                to,
+                resume,
+                force_empty,
+                progress: !quiet,
+            };
+            if !runtime.block_on(salus::migrate::run_cli(&config, args))? {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Reindex { quiet, overrides } => {
             let config = Config::load(&overrides)?;

@@ -55,6 +55,10 @@ impl Backend {
                 let options = salus_store_pg::PgOptions {
                     pool_size: config.storage.pool_size,
                     encryption: crate::encryption::kek(config)?,
+                    copy_min_puts: match config.storage.bulk_copy {
+                        true => salus_store_pg::COPY_MIN_PUTS,
+                        false => usize::MAX,
+                    },
                     ..Default::default()
                 };
                 let store = salus_store_pg::PgStore::connect(url, options)

@@ -386,6 +386,16 @@ impl Store for GuardedStore {
         self.inner.scan_current(after, limit).await
     }
 
+    async fn scan_versions(
+        &self,
+        after: Option<(String, String, u64)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>> {
+        self.guard
+            .require(Capability::Admin, "reading the whole store")?;
+        self.inner.scan_versions(after, limit).await
+    }
+
     async fn reindex_pending(&self) -> Result<bool> {
         self.inner.reindex_pending().await
     }

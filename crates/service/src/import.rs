@@ -2,10 +2,13 @@
 //! resource is validated, then all are written in one store transaction, so a bad
 //! input leaves nothing behind.
 
-use crate::service::{check_body, new_id, put_version, put_version_at, tx_write, valid_id};
+use crate::service::{
+    check_body, make_live, new_id, prepare_version, put_version_at, tx_write, valid_id,
+    PreparedVersion,
+};
 use crate::{index, FhirError, FhirService};
 use salus_fhir::{Issue, IssueCode};
-use salus_store::{Method, StoreTx};
+use salus_store::{Method, NewVersion, StoreTx};
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -16,6 +19,32 @@ pub enum ImportFailure {
     Invalid(Vec<(usize, Vec<Issue>)>),
     /// The write itself failed.
     Failed(FhirError),
+}
+
+/// Versions waiting to be stored by one `put_many`, and the search parameters to make
+/// live once they are.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<NewVersion>,
+    search_params: Vec<Value>,
+}
+
+impl Batch {
+    fn push(&mut self, p: PreparedVersion) {
+        self.writes.push(p.write);
+        self.search_params.extend(p.search_param);
+    }
+
+    async fn store(&mut self, tx: &mut dyn StoreTx) -> Result<(), FhirError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        tx.put_many(std::mem::take(&mut self.writes)).await?;
+        for sp in std::mem::take(&mut self.search_params) {
+            make_live(Some(sp));
+        }
+        Ok(())
+    }
 }
 
 impl FhirService {
@@ -104,16 +133,28 @@ impl FhirService {
             // round trip each.
             let heads = tx.heads(&keys).await?;
             let mut seen = HashSet::new();
+            // stored together (`put_many`: a bulk path where the backend has one)
+            let mut batch = Batch::default();
             for ((item, (rtype, id)), head) in items.into_iter().zip(keys).zip(heads) {
                 if !seen.insert((rtype.clone(), id.clone())) {
                     // The same resource twice in one unit: the later one is a new
                     // version of the earlier.
+                    batch.store(tx).await?;
                     tx_write(tx, &rtype, &id, item, None, Method::Put).await?;
                     continue;
                 }
                 let index = index::extract(&item);
-                put_version(tx, &rtype, &id, item, index, head, Method::Put).await?;
+                batch.push(prepare_version(
+                    &rtype,
+                    &id,
+                    item,
+                    index,
+                    head,
+                    Method::Put,
+                    None,
+                )?);
             }
+            batch.store(tx).await?;
             Ok::<_, FhirError>(())
         };
         write.await?;

@@ -38,6 +38,7 @@ pub use devices::{
 pub use error::status_line;
 pub use error::FhirError;
 pub use import::ImportFailure;
+pub use index::{extract as extract_index, Indexed};
 pub use query::parse_pairs;
 pub use reindex::{ReindexState, ReindexStatus};
 pub use search::SearchResult;

@@ -282,6 +282,32 @@ pub(crate) async fn put_version_at(
     method: Method,
     at: Option<(u64, i64)>,
 ) -> Result<WriteOutcome> {
+    let prepared = prepare_version(rtype, id, body, index, current, method, at)?;
+    tx.put(prepared.write).await?;
+    make_live(prepared.search_param);
+    Ok(prepared.outcome)
+}
+
+/// A version ready to put (see [`prepare_version`]).
+pub(crate) struct PreparedVersion {
+    pub(crate) write: NewVersion,
+    /// A `SearchParameter`'s body, to make live once the write is stored.
+    pub(crate) search_param: Option<Value>,
+    pub(crate) outcome: WriteOutcome,
+}
+
+/// What [`put_version_at`] puts, without putting it: for callers that store many
+/// versions at once (`StoreTx::put_many`), then call [`make_live`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare_version(
+    rtype: &str,
+    id: &str,
+    body: Value,
+    index: Indexed,
+    current: Option<Head>,
+    method: Method,
+    at: Option<(u64, i64)>,
+) -> Result<PreparedVersion> {
     // A SearchParameter is checked before it is stored, and live once it is.
     let custom = rtype == "SearchParameter";
     if custom {
@@ -303,37 +329,43 @@ pub(crate) async fn put_version_at(
     };
     let text = finalize(body, id, version, last_updated);
     let created = current.is_none_or(|c| c.deleted);
-    tx.put(NewVersion {
-        rtype: rtype.to_string(),
-        id: id.to_string(),
-        version,
-        expected_version: current.map(|c| c.version),
-        last_updated,
-        method,
-        body: Some(text.clone()),
-        index: index.rows,
-        fulltext: Some(index.text),
-        contained: index.contained,
+    Ok(PreparedVersion {
+        write: NewVersion {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+            version,
+            expected_version: current.map(|c| c.version),
+            last_updated,
+            method,
+            body: Some(text.clone()),
+            index: index.rows,
+            fulltext: Some(index.text),
+            contained: index.contained,
+        },
+        search_param,
+        outcome: WriteOutcome {
+            record: VersionRecord {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version,
+                last_updated,
+                method,
+                body: Some(text),
+                seq: 0,
+            },
+            created,
+            existing: false,
+        },
     })
-    .await?;
+}
+
+/// Register a stored `SearchParameter` (see [`PreparedVersion::search_param`]).
+pub(crate) fn make_live(search_param: Option<Value>) {
     if let Some(sp) = search_param {
         if let Err(e) = salus_search::custom::apply(&sp) {
             tracing::warn!(error = %e, "search parameter not made live");
         }
     }
-    Ok(WriteOutcome {
-        record: VersionRecord {
-            rtype: rtype.to_string(),
-            id: id.to_string(),
-            version,
-            last_updated,
-            method,
-            body: Some(text),
-            seq: 0,
-        },
-        created,
-        existing: false,
-    })
 }
 
 /// Delete `rtype/id` inside `tx` (checking `If-Match` when given); `None` when there

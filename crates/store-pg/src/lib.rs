@@ -61,6 +61,7 @@ use tokio_postgres::{NoTls, Row};
 
 pub use crypt::REFRESH as KEYRING_REFRESH;
 pub use write::shard_key;
+pub use write::COPY_MIN_PUTS;
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -85,6 +86,10 @@ pub struct PgOptions {
     /// With encryption: how old this process's copy of the keyring may get before a
     /// transaction re-reads it (another process may have rotated a data key).
     pub keyring_refresh: Duration,
+    /// A `put_many` of at least this many versions is written by binary `COPY` (bulk
+    /// loads: `salus import`, `salus migrate`); smaller ones, and every batch when this
+    /// is `usize::MAX`, by the queued puts.
+    pub copy_min_puts: usize,
 }
 
 impl Default for PgOptions {
@@ -97,6 +102,7 @@ impl Default for PgOptions {
             application_name: "salus".into(),
             encryption: None,
             keyring_refresh: crypt::REFRESH,
+            copy_min_puts: COPY_MIN_PUTS,
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct PgStore {
     pool: Pool,
     /// The data keys, when encryption is on.
     crypt: Option<std::sync::Arc<crypt::BodyCrypt>>,
+    /// See [`PgOptions::copy_min_puts`].
+    copy_min_puts: usize,
 }
 
 /// A PostgreSQL error as a [`StoreError`]: transient conditions are `Busy`, the rest
@@ -218,7 +226,11 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build the PostgreSQL pool: {e}")))?;
-        let mut store = PgStore { pool, crypt: None };
+        let mut store = PgStore {
+            pool,
+            crypt: None,
+            copy_min_puts: options.copy_min_puts.max(1),
+        };
         {
             let c = store.conn().await?;
             if let Err(e) = schema::migrate(&c, options.schema.as_deref()).await {
@@ -532,6 +544,7 @@ impl Store for PgStore {
             failed: false,
             pending: write::Pending::default(),
             crypt: self.crypt.clone(),
+            copy_min_puts: self.copy_min_puts,
         }))
     }
 
@@ -687,6 +700,52 @@ impl Store for PgStore {
         {
             out.push(record(&row, 0)?);
         }
+        self.reveal(&c, &mut out).await?;
+        Ok(out)
+    }
+
+    async fn scan_versions(
+        &self,
+        after: Option<(String, String, u64)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>> {
+        let c = self.conn().await?;
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        // the "C" collation of rtype and id is byte order; the row comparison uses the
+        // (rtype, id, version) unique index
+        let rows = match after {
+            None => {
+                let st = prepare(
+                    &c,
+                    &format!(
+                        "SELECT {} FROM resource_versions v \
+                         ORDER BY v.rtype, v.id, v.version LIMIT $1",
+                        query::VERSION_COLS
+                    ),
+                )
+                .await?;
+                c.query(&st, &[&lim]).await.map_err(db_err)?
+            }
+            Some((t, i, v)) => {
+                let st = prepare(
+                    &c,
+                    &format!(
+                        "SELECT {} FROM resource_versions v \
+                         WHERE (v.rtype, v.id, v.version) > ($1, $2, $3) \
+                         ORDER BY v.rtype, v.id, v.version LIMIT $4",
+                        query::VERSION_COLS
+                    ),
+                )
+                .await?;
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                c.query(&st, &[&t, &i, &v, &lim]).await.map_err(db_err)?
+            }
+        };
+        let mut out = rows
+            .iter()
+            .map(|row| record(row, 0))
+            .collect::<Result<Vec<_>>>()?;
+        self.reveal(&c, &mut out).await?;
         Ok(out)
     }
 
@@ -797,6 +856,8 @@ struct PgTx {
     pending: write::Pending,
     /// The store's data keys, when encryption is on: bodies are sealed at `put`.
     crypt: Option<std::sync::Arc<crypt::BodyCrypt>>,
+    /// See [`PgOptions::copy_min_puts`].
+    copy_min_puts: usize,
 }
 
 impl Drop for PgTx {
@@ -902,6 +963,28 @@ impl StoreTx for PgTx {
         }
         let c = self.client.as_ref().ok_or_else(tx_gone)?;
         let r = write::put(c, w, &mut self.pending).await;
+        self.track(r)
+    }
+
+    async fn put_many(&mut self, mut writes: Vec<NewVersion>) -> Result<()> {
+        if writes.len() < self.copy_min_puts {
+            for w in writes {
+                self.put(w).await?;
+            }
+            return Ok(());
+        }
+        // what is queued goes first, so the heads checked below include it
+        self.flush().await?;
+        if let Some(k) = &self.crypt {
+            // sealed exactly as `put` seals them
+            for w in &mut writes {
+                if let Some(body) = &w.body {
+                    w.body = Some(k.seal(&w.rtype, &w.id, w.version, body));
+                }
+            }
+        }
+        let c = self.client.as_ref().ok_or_else(tx_gone)?;
+        let r = write::copy_puts(c, writes, &mut self.pending).await;
         self.track(r)
     }
 

@@ -17,7 +17,8 @@ use futures::future::try_join_all;
 use futures::TryStreamExt;
 use salus_store::{ContainedIndex, FullText, IndexRow, NewVersion, Result, StoreError};
 use std::collections::HashMap;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 /// The distribution key of a resource (see `docs/scaling.md`): a stable 64-bit hash
@@ -580,6 +581,514 @@ impl Pending {
         .map_err(db_err)?;
         Ok(())
     }
+}
+
+/// By default, a `put_many` of at least this many versions is written by binary
+/// `COPY` ([`copy_puts`]); smaller ones go through the queued puts (see
+/// `PgOptions::copy_min_puts`).
+pub const COPY_MIN_PUTS: usize = 48;
+
+/// One resource of a [`copy_puts`] batch.
+struct Target {
+    /// Its `resources` row, when it exists (locked by the head check).
+    rid: Option<i64>,
+    shard: i64,
+    /// Its latest version so far: stored, then as the batch's writes advance it.
+    version: Option<u64>,
+    /// The batch's last write of it.
+    last: usize,
+}
+
+/// Many puts at once (`StoreTx::put_many`), with the version check of `put`: the
+/// heads of the batch's resources are read first (existing rows locked, in `rid`
+/// order, so a concurrent writer waits), every write must expect the version before
+/// it (the stored one, or the batch's previous write of the same resource), and then
+/// the version rows, new `resources` rows and index rows are sent by binary
+/// `COPY … FROM STDIN`, existing `resources` rows moved by one `UPDATE`. Full text
+/// and contained resources go through the ordinary bulk inserts. A concurrent create
+/// of one of the new resources fails the `COPY` on the unique key: reported as a
+/// conflict. Bodies arrive sealed when encryption is on.
+pub(crate) async fn copy_puts(
+    c: &ClientWrapper,
+    writes: Vec<NewVersion>,
+    pending: &mut Pending,
+) -> Result<()> {
+    // the distinct resources, in order of first appearance
+    let mut slots: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut keys: Vec<(&str, &str)> = vec![];
+    let mut slot_of = Vec::with_capacity(writes.len());
+    for w in &writes {
+        let k = (w.rtype.as_str(), w.id.as_str());
+        let n = *slots.entry(k).or_insert_with(|| {
+            keys.push(k);
+            keys.len() - 1
+        });
+        slot_of.push(n);
+    }
+    let (types, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let st = prepare(
+        c,
+        "SELECT k.o, r.rid, r.version, r.shard \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, o) \
+         JOIN resources r ON r.rtype = k.t AND r.id = k.i ORDER BY r.rid FOR UPDATE OF r",
+    )
+    .await?;
+    let mut stored: Vec<Option<(i64, u64, i64)>> = vec![None; keys.len()];
+    for row in c.query(&st, &[&types, &ids]).await.map_err(db_err)? {
+        let o: i64 = col(&row, 0)?;
+        if let Some(slot) = usize::try_from(o - 1).ok().and_then(|i| stored.get_mut(i)) {
+            *slot = Some((
+                col(&row, 1)?,
+                col::<i64>(&row, 2)?.max(0) as u64,
+                col(&row, 3)?,
+            ));
+        }
+    }
+    let mut targets: Vec<Option<Target>> = stored
+        .into_iter()
+        .map(|s| {
+            s.map(|(rid, version, shard)| Target {
+                rid: Some(rid),
+                shard,
+                version: Some(version),
+                last: 0,
+            })
+        })
+        .collect();
+    for (n, w) in writes.iter().enumerate() {
+        let t = targets[slot_of[n]].get_or_insert_with(|| Target {
+            rid: None,
+            shard: shard_key(&w.rtype, &w.id, &w.index),
+            version: None,
+            last: 0,
+        });
+        if w.expected_version != t.version {
+            return Err(StoreError::VersionConflict {
+                rtype: w.rtype.clone(),
+                id: w.id.clone(),
+                expected: w.expected_version,
+                found: t.version,
+            });
+        }
+        t.version = Some(w.version);
+        t.last = n;
+    }
+    let targets: Vec<Target> = targets.into_iter().flatten().collect();
+
+    // sequence values: one per version, one `rid` per new resource
+    let seqs = next_values(c, "salus_version_seq", writes.len()).await?;
+    let fresh = targets.iter().filter(|t| t.rid.is_none()).count();
+    let mut rids = next_values(c, "resources_rid_seq", fresh)
+        .await?
+        .into_iter();
+    let mut rid_of = Vec::with_capacity(targets.len());
+    for t in &targets {
+        match t.rid {
+            Some(r) => rid_of.push(r),
+            None => rid_of.push(rids.next().ok_or_else(|| {
+                StoreError::Backend("postgres: fewer resource ids than asked for".into())
+            })?),
+        }
+    }
+
+    // every version
+    let versions: Vec<i64> = writes.iter().map(|w| to_i64(w.version)).collect();
+    let methods: Vec<&str> = writes.iter().map(|w| w.method.as_str()).collect();
+    copy_rows(
+        c,
+        "COPY resource_versions (seq, shard, rtype, id, version, last_updated, method, body) \
+         FROM STDIN BINARY",
+        &[
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+        writes
+            .iter()
+            .enumerate()
+            .map(|(n, w)| {
+                let t = &targets[slot_of[n]];
+                let row: Params<'_> = vec![
+                    &seqs[n],
+                    &t.shard,
+                    &w.rtype,
+                    &w.id,
+                    &versions[n],
+                    &w.last_updated,
+                    &methods[n],
+                    &w.body,
+                ];
+                row
+            })
+            .collect(),
+    )
+    .await?;
+
+    // the current-version rows: new ones copied, existing ones moved
+    let deleted: Vec<bool> = targets
+        .iter()
+        .map(|t| writes[t.last].body.is_none())
+        .collect();
+    let copied = copy_rows(
+        c,
+        "COPY resources (rid, shard, rtype, id, version, seq, deleted, last_updated) \
+         FROM STDIN BINARY",
+        &[
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::BOOL,
+            Type::INT8,
+        ],
+        targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.rid.is_none())
+            .map(|(k, t)| {
+                let w = &writes[t.last];
+                let row: Params<'_> = vec![
+                    &rid_of[k],
+                    &t.shard,
+                    &w.rtype,
+                    &w.id,
+                    &versions[t.last],
+                    &seqs[t.last],
+                    &deleted[k],
+                    &w.last_updated,
+                ];
+                row
+            })
+            .collect(),
+    )
+    .await;
+    if let Err(e) = copied {
+        return Err(create_conflict(e));
+    }
+    let mut u = (vec![], vec![], vec![], vec![], vec![]);
+    for (k, t) in targets.iter().enumerate() {
+        if let Some(rid) = t.rid {
+            u.0.push(rid);
+            u.1.push(versions[t.last]);
+            u.2.push(seqs[t.last]);
+            u.3.push(deleted[k]);
+            u.4.push(writes[t.last].last_updated);
+        }
+    }
+    if !u.0.is_empty() {
+        let st = prepare(
+            c,
+            "UPDATE resources r SET version = u.v, seq = u.s, deleted = u.d, last_updated = u.l \
+             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::bool[], $5::int8[]) AS u(rid, v, s, d, l) \
+             WHERE r.rid = u.rid",
+        )
+        .await?;
+        c.execute(&st, &[&u.0, &u.1, &u.2, &u.3, &u.4])
+            .await
+            .map_err(db_err)?;
+        // the previous versions' index rows, full text and contained resources
+        let st = prepare(c, DELETE_INDEX).await?;
+        c.execute(&st, &[&u.0]).await.map_err(db_err)?;
+    }
+
+    // index rows of each resource's latest version (a deletion has none), each row
+    // once (as the `SELECT DISTINCT` of the ordinary inserts)
+    let mut cols = Columns::default();
+    let mut writes: Vec<Option<NewVersion>> = writes.into_iter().map(Some).collect();
+    for (k, t) in targets.iter().enumerate() {
+        let Some(w) = writes[t.last].take() else {
+            continue;
+        };
+        if w.body.is_none() {
+            continue;
+        }
+        let rid = rid_of[k];
+        cols.add(t.shard, &w.rtype, rid, &distinct(w.index));
+        let contained = w
+            .contained
+            .into_iter()
+            .map(|mut ci| {
+                ci.index = distinct(std::mem::take(&mut ci.index));
+                ci
+            })
+            .collect::<Vec<_>>();
+        if w.fulltext.is_some() || !contained.is_empty() {
+            pending.add(
+                rid,
+                Entry {
+                    rtype: w.rtype,
+                    shard: t.shard,
+                    existing: false,
+                    index: vec![],
+                    fulltext: w.fulltext,
+                    contained,
+                },
+            );
+        }
+    }
+    copy_index(c, &cols).await?;
+    pending.flush(c).await
+}
+
+/// `n` values of a sequence, ascending.
+async fn next_values(c: &ClientWrapper, sequence: &str, n: usize) -> Result<Vec<i64>> {
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let st = prepare(
+        c,
+        "SELECT nextval($1::text::regclass) FROM generate_series(1, $2::int8)",
+    )
+    .await?;
+    let mut out = c
+        .query(&st, &[&sequence, &(n as i64)])
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| col::<i64>(r, 0))
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_unstable();
+    if out.len() != n {
+        return Err(StoreError::Backend(format!(
+            "postgres: fewer values of {sequence} than asked for"
+        )));
+    }
+    Ok(out)
+}
+
+/// A new resource of the batch was created meanwhile by another transaction: the
+/// unique key of `resources` refused the copy. Reported as a conflict naming it (from
+/// the server's detail line, `Key (rtype, id)=(Patient, p1) already exists.`).
+fn create_conflict(e: StoreError) -> StoreError {
+    let StoreError::Backend(m) = &e else {
+        return e;
+    };
+    let Some(key) = m
+        .strip_prefix("postgres 23505: ")
+        .and_then(|_| m.split_once(")=(").map(|(_, k)| k))
+        .and_then(|k| k.split_once(") "))
+        .map(|(k, _)| k)
+    else {
+        return e;
+    };
+    match key.split_once(", ") {
+        Some((rtype, id)) => StoreError::VersionConflict {
+            rtype: rtype.into(),
+            id: id.into(),
+            expected: None,
+            found: None,
+        },
+        None => e,
+    }
+}
+
+/// Each index row once, in first-seen order.
+fn distinct(rows: Vec<IndexRow>) -> Vec<IndexRow> {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    rows.into_iter()
+        .filter(|r| {
+            let key = match r {
+                IndexRow::Token {
+                    param,
+                    system,
+                    code,
+                } => format!("t\0{param}\0{}\0{code}", system.as_deref().unwrap_or("")),
+                IndexRow::String {
+                    param,
+                    normalized,
+                    exact,
+                } => format!("s\0{param}\0{normalized}\0{exact}"),
+                IndexRow::Reference {
+                    param,
+                    target_type,
+                    target_id,
+                    version,
+                } => format!(
+                    "r\0{param}\0{}\0{target_id}\0{}",
+                    target_type.as_deref().unwrap_or(""),
+                    version.as_deref().unwrap_or("")
+                ),
+                IndexRow::Date { param, low, high } => format!("d\0{param}\0{low}\0{high}"),
+                IndexRow::Number {
+                    param,
+                    value,
+                    system,
+                    code,
+                } => format!(
+                    "n\0{param}\0{}\0{}\0{}",
+                    value.to_bits(),
+                    system.as_deref().unwrap_or(""),
+                    code.as_deref().unwrap_or("")
+                ),
+                IndexRow::Uri { param, uri } => format!("u\0{param}\0{uri}"),
+            };
+            seen.insert(key)
+        })
+        .collect()
+}
+
+/// Send rows by binary `COPY`; returns how many.
+async fn copy_rows(
+    c: &ClientWrapper,
+    sql: &str,
+    types: &[Type],
+    rows: Vec<Params<'_>>,
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sink = c.copy_in(sql).await.map_err(db_err)?;
+    let writer = BinaryCopyInWriter::new(sink, types);
+    futures::pin_mut!(writer);
+    for row in rows {
+        writer.as_mut().write(&row).await.map_err(db_err)?;
+    }
+    writer.finish().await.map_err(db_err)
+}
+
+/// Every table's index rows by binary `COPY` (columns as in the `INSERT_*` statements).
+async fn copy_index(c: &ClientWrapper, cols: &Columns) -> Result<()> {
+    use Type as T;
+    let t = &cols.token;
+    copy_rows(
+        c,
+        "COPY idx_token (shard, rtype, param, code, system, rid) FROM STDIN BINARY",
+        &[T::INT8, T::TEXT, T::TEXT, T::TEXT, T::TEXT, T::INT8],
+        (0..t.rid.len())
+            .map(|i| -> Params<'_> {
+                vec![
+                    &t.shard[i],
+                    &t.rtype[i],
+                    &t.param[i],
+                    &t.text[0][i],
+                    &t.text[1][i],
+                    &t.rid[i],
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+    let t = &cols.string;
+    copy_rows(
+        c,
+        "COPY idx_string (shard, rtype, param, normalized, exact, rid) FROM STDIN BINARY",
+        &[T::INT8, T::TEXT, T::TEXT, T::TEXT, T::TEXT, T::INT8],
+        (0..t.rid.len())
+            .map(|i| -> Params<'_> {
+                vec![
+                    &t.shard[i],
+                    &t.rtype[i],
+                    &t.param[i],
+                    &t.text[0][i],
+                    &t.text[1][i],
+                    &t.rid[i],
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+    let t = &cols.reference;
+    copy_rows(
+        c,
+        "COPY idx_reference (shard, rtype, param, target_id, target_type, version, rid) \
+         FROM STDIN BINARY",
+        &[
+            T::INT8,
+            T::TEXT,
+            T::TEXT,
+            T::TEXT,
+            T::TEXT,
+            T::TEXT,
+            T::INT8,
+        ],
+        (0..t.rid.len())
+            .map(|i| -> Params<'_> {
+                vec![
+                    &t.shard[i],
+                    &t.rtype[i],
+                    &t.param[i],
+                    &t.text[0][i],
+                    &t.text[1][i],
+                    &t.text[2][i],
+                    &t.rid[i],
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+    let t = &cols.date;
+    copy_rows(
+        c,
+        "COPY idx_date (shard, rtype, param, low, high, rid) FROM STDIN BINARY",
+        &[T::INT8, T::TEXT, T::TEXT, T::INT8, T::INT8, T::INT8],
+        (0..t.rid.len())
+            .map(|i| -> Params<'_> {
+                vec![
+                    &t.shard[i],
+                    &t.rtype[i],
+                    &t.param[i],
+                    &t.int[0][i],
+                    &t.int[1][i],
+                    &t.rid[i],
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+    let t = &cols.number;
+    copy_rows(
+        c,
+        "COPY idx_number (shard, rtype, param, value, system, code, rid) FROM STDIN BINARY",
+        &[
+            T::INT8,
+            T::TEXT,
+            T::TEXT,
+            T::FLOAT8,
+            T::TEXT,
+            T::TEXT,
+            T::INT8,
+        ],
+        (0..t.rid.len())
+            .map(|i| -> Params<'_> {
+                vec![
+                    &t.shard[i],
+                    &t.rtype[i],
+                    &t.param[i],
+                    &t.real[i],
+                    &t.text[0][i],
+                    &t.text[1][i],
+                    &t.rid[i],
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+    let t = &cols.uri;
+    copy_rows(
+        c,
+        "COPY idx_uri (shard, rtype, param, uri, rid) FROM STDIN BINARY",
+        &[T::INT8, T::TEXT, T::TEXT, T::TEXT, T::INT8],
+        (0..t.rid.len())
+            .map(|i| -> Params<'_> {
+                vec![
+                    &t.shard[i],
+                    &t.rtype[i],
+                    &t.param[i],
+                    &t.text[0][i],
+                    &t.rid[i],
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

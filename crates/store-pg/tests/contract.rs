@@ -85,6 +85,12 @@ fn checks() -> Vec<(&'static str, Check)> {
         ("purge_erases_every_version", |s| {
             contract::purge_erases_every_version(s).boxed()
         }),
+        ("put_many_matches_puts", |s| {
+            contract::put_many_matches_puts(s).boxed()
+        }),
+        ("scan_versions_in_canonical_order", |s| {
+            contract::scan_versions_in_canonical_order(s).boxed()
+        }),
     ]
 }
 

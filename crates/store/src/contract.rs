@@ -68,7 +68,330 @@ pub async fn run_all(store: Arc<dyn Store>) {
     purge_erases_every_version(store.clone()).await;
     savepoints_undo_only_their_unit(store.clone()).await;
     snapshots_ignore_later_writes(store.clone()).await;
-    change_feed_in_seq_order(store).await;
+    change_feed_in_seq_order(store.clone()).await;
+    put_many_matches_puts(store.clone()).await;
+    scan_versions_in_canonical_order(store).await;
+}
+
+/// The writes of [`put_many_matches_puts`] for one type: 50 creates with index rows,
+/// full text and contained resources; updates of 10 stored resources; second versions
+/// of 5 resources created earlier in the same batch; and a deletion of a resource
+/// updated earlier in the batch.
+fn many_writes(rtype: &str) -> Vec<NewVersion> {
+    let tok = |code: String| IndexRow::Token {
+        param: "code".into(),
+        system: Some("http://s".into()),
+        code,
+    };
+    let indexed = |id: &str, version: u64, expected: Option<u64>, i: usize| {
+        let mut w = new_version(rtype, id, version, expected, &format!("{{\"i\":{i}}}"));
+        w.index = vec![
+            tok(format!("c{}", i % 5)),
+            tok(format!("c{}", i % 5)), // a repeated row counts once
+            IndexRow::String {
+                param: "name".into(),
+                normalized: format!("name{i}"),
+                exact: format!("Name{i}"),
+            },
+            date("date", i as i64 * 1000, i as i64 * 1000 + 999),
+            IndexRow::Number {
+                param: "value".into(),
+                value: i as f64 + 0.5,
+                system: None,
+                code: None,
+            },
+        ];
+        if i.is_multiple_of(3) {
+            w.fulltext = Some(FullText {
+                narrative: format!("note {i}"),
+                content: format!("word{} shared", i % 4),
+            });
+        }
+        if i.is_multiple_of(10) {
+            w.contained = vec![ContainedIndex {
+                rtype: format!("{rtype}M"),
+                id: "m1".into(),
+                index: vec![tok(format!("m{}", i % 20))],
+            }];
+        }
+        w
+    };
+    let mut out = vec![];
+    for i in 0..50 {
+        out.push(indexed(&format!("c{i}"), 1, None, i));
+    }
+    for i in 0..10 {
+        out.push(indexed(&format!("p{i}"), 2, Some(1), 100 + i));
+    }
+    for i in 0..5 {
+        out.push(indexed(&format!("c{i}"), 2, Some(1), 200 + i));
+    }
+    let mut del = new_version(rtype, "p9", 3, Some(2), "");
+    del.body = None;
+    del.method = Method::Delete;
+    out.push(del);
+    out
+}
+
+/// `put_many` of a large batch stores exactly what the same `put`s store: reads,
+/// versions, history, searches (every index table, full text, contained resources)
+/// and counts agree; a batch with a stale `expected_version` stores nothing.
+pub async fn put_many_matches_puts(store: Arc<dyn Store>) {
+    for rtype in ["ManyA", "ManyB"] {
+        let mut tx = store.begin().await.unwrap();
+        for i in 0..10 {
+            tx.put(new_version(rtype, &format!("p{i}"), 1, None, "{}"))
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    for w in many_writes("ManyA") {
+        tx.put(w).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let batch = many_writes("ManyB");
+    assert!(batch.len() >= 64, "a batch large enough for bulk paths");
+    tx.put_many(batch).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let same = |a: Option<crate::VersionRecord>, b: Option<crate::VersionRecord>, what: &str| {
+        let strip = |r: Option<crate::VersionRecord>| {
+            r.map(|r| (r.id, r.version, r.last_updated, r.method, r.body))
+        };
+        assert_eq!(strip(a), strip(b), "put_many differs from put: {what}");
+    };
+    let mut ids: Vec<String> = (0..50).map(|i| format!("c{i}")).collect();
+    ids.extend((0..10).map(|i| format!("p{i}")));
+    for id in &ids {
+        same(
+            store.read("ManyA", id).await.unwrap(),
+            store.read("ManyB", id).await.unwrap(),
+            &format!("read {id}"),
+        );
+        for v in 1..=3 {
+            same(
+                store.vread("ManyA", id, v).await.unwrap(),
+                store.vread("ManyB", id, v).await.unwrap(),
+                &format!("vread {id}/{v}"),
+            );
+        }
+    }
+    let history = |rtype: &'static str| {
+        let store = store.clone();
+        async move {
+            let page = store
+                .history(&HistoryQuery {
+                    scope: HistoryScope::Type(rtype.into()),
+                    since: None,
+                    before: None,
+                    current_from: None,
+                    cursor: None,
+                    count: 1000,
+                })
+                .await
+                .unwrap();
+            page.entries
+                .into_iter()
+                .map(|e| {
+                    let deleted = e.is_deleted();
+                    (e.id, e.version, deleted)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (ha, hb) = (history("ManyA").await, history("ManyB").await);
+    assert_eq!(ha.len(), 10 + 66);
+    assert_eq!(ha, hb, "put_many keeps the order of its writes in history");
+    assert_eq!(hb.first(), Some(&("p9".to_string(), 3, true)));
+
+    let found = |rtype: &str, clause: Clause| {
+        let store = store.clone();
+        let q = query(rtype, vec![clause]);
+        async move {
+            let mut v: Vec<String> = store
+                .search(&q)
+                .await
+                .unwrap()
+                .entries
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let code = |c: &str| Clause::Token {
+        param: "code".into(),
+        any: vec![TokenMatch {
+            system: Some("http://s".into()),
+            code: Some(c.into()),
+        }],
+    };
+    let clauses = [
+        code("c1"),
+        code("c4"),
+        Clause::String {
+            param: "name".into(),
+            any: vec![StringMatch {
+                value: "name10".into(),
+                mode: StringMode::Prefix,
+            }],
+        },
+        Clause::Date {
+            param: "date".into(),
+            any: vec![RangeMatch {
+                prefix: Prefix::Ge,
+                low: 40_000,
+                high: 40_999,
+            }],
+        },
+        Clause::Number {
+            param: "value".into(),
+            any: vec![RangeMatch {
+                prefix: Prefix::Lt,
+                low: 10.0,
+                high: 10.0,
+            }],
+        },
+        Clause::Text {
+            field: TextField::Content,
+            query: TextQuery {
+                any: vec![vec!["word1".into()]],
+            },
+        },
+    ];
+    for clause in clauses {
+        let a = found("ManyA", clause.clone()).await;
+        assert!(!a.is_empty(), "the check finds something: {clause:?}");
+        assert_eq!(a, found("ManyB", clause.clone()).await, "search {clause:?}");
+    }
+    // c1, c6, …, c46 (c1's second version is i = 201, code c1 still), p1 and p6
+    assert_eq!(found("ManyB", code("c1")).await.len(), 12);
+    for rtype in ["ManyA", "ManyB"] {
+        let mut q = query(&format!("{rtype}M"), vec![code("m0")]);
+        q.contained = ContainedMode::Only;
+        let mut got: Vec<String> = store
+            .search(&q)
+            .await
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            ["c0", "c20", "c40", "p0"],
+            "{rtype}: the containers of m0"
+        );
+    }
+    let counts = store.counts().await.unwrap();
+    let count = |t: &str| counts.iter().find(|(r, _)| r == t).map(|(_, n)| *n);
+    assert_eq!(count("ManyA"), Some(59));
+    assert_eq!(count("ManyB"), Some(59));
+
+    // a stale expected version anywhere fails the batch, and nothing of it commits
+    let mut batch: Vec<NewVersion> = (0..60)
+        .map(|i| new_version("ManyB", &format!("n{i}"), 1, None, "{}"))
+        .collect();
+    batch.push(new_version("ManyB", "c7", 2, Some(5), "{}"));
+    let mut tx = store.begin().await.unwrap();
+    let r = match tx.put_many(batch).await {
+        Ok(()) => tx.commit().await,
+        Err(e) => Err(e),
+    };
+    assert!(
+        matches!(r, Err(StoreError::VersionConflict { ref id, .. }) if id == "c7"),
+        "a stale expected version is a conflict: {r:?}"
+    );
+    assert_eq!(store.read("ManyB", "n0").await.unwrap(), None);
+    // creating what exists, or the same resource twice, is a conflict too
+    for dup in ["c3", "n5"] {
+        let mut batch: Vec<NewVersion> = (0..60)
+            .map(|i| new_version("ManyB", &format!("n{i}"), 1, None, "{}"))
+            .collect();
+        batch.push(new_version("ManyB", dup, 1, None, "{}"));
+        let mut tx = store.begin().await.unwrap();
+        let r = match tx.put_many(batch).await {
+            Ok(()) => tx.commit().await,
+            Err(e) => Err(e),
+        };
+        assert!(
+            matches!(r, Err(StoreError::VersionConflict { .. })),
+            "a second create of {dup} is a conflict: {r:?}"
+        );
+        assert_eq!(store.read("ManyB", "n1").await.unwrap(), None);
+    }
+}
+
+/// `scan_versions`: every version (deletions without a body) ordered by type, id and
+/// version in byte order, paged by the last key.
+pub async fn scan_versions_in_canonical_order(store: Arc<dyn Store>) {
+    let mut tx = store.begin().await.unwrap();
+    for (rtype, id) in [
+        ("ScanB", "a"),
+        ("ScanA", "b"),
+        ("ScanA", "B"),
+        ("ScanA", "a"),
+    ] {
+        tx.put(new_version(rtype, id, 1, None, "{\"v\":1}"))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.put(new_version("ScanA", "b", 2, Some(1), "{\"v\":2}"))
+        .await
+        .unwrap();
+    let mut del = new_version("ScanA", "a", 2, Some(1), "");
+    del.body = None;
+    del.method = Method::Delete;
+    tx.put(del).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let all = store.scan_versions(None, usize::MAX >> 1).await.unwrap();
+    let keys: Vec<(String, String, u64)> = all
+        .iter()
+        .map(|r| (r.rtype.clone(), r.id.clone(), r.version))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "canonical order (byte order)");
+    let scan: Vec<(&str, &str, u64, bool)> = all
+        .iter()
+        .filter(|r| r.rtype.starts_with("Scan"))
+        .map(|r| (r.rtype.as_str(), r.id.as_str(), r.version, r.is_deleted()))
+        .collect();
+    assert_eq!(
+        scan,
+        [
+            ("ScanA", "B", 1, false),
+            ("ScanA", "a", 1, false),
+            ("ScanA", "a", 2, true),
+            ("ScanA", "b", 1, false),
+            ("ScanA", "b", 2, false),
+            ("ScanB", "a", 1, false),
+        ]
+    );
+    let b2 = all
+        .iter()
+        .find(|r| r.rtype == "ScanA" && r.id == "b" && r.version == 2)
+        .unwrap();
+    assert_eq!(b2.body.as_deref(), Some("{\"v\":2}"), "bodies as served");
+    // paging by the last key gives the same sequence
+    let mut paged = vec![];
+    let mut after = None;
+    loop {
+        let page = store.scan_versions(after.clone(), 7).await.unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = Some((last.rtype.clone(), last.id.clone(), last.version));
+        paged.extend(page.into_iter().map(|r| (r.rtype, r.id, r.version)));
+    }
+    assert_eq!(paged, keys);
 }
 
 /// The change feed: every version after a `seq`, oldest first, deletions included,

@@ -144,6 +144,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// Every stored version, deletions included (no body), in the canonical order of
+    /// type, id (byte order) and version, `limit` at a time, starting after the key
+    /// `after` (exclusive; `None`: from the start). Bodies are as served (opened when the
+    /// backend encrypts them). For moving and verifying a whole store (`salus migrate`):
+    /// the order depends only on the data, so two backends holding the same versions
+    /// answer the same sequence.
+    async fn scan_versions(
+        &self,
+        after: Option<(String, String, u64)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>>;
+
     /// Resources of one type as of a snapshot (bulk export): for each resource the
     /// latest version with `seq <= at_seq` (and `last_updated <= until`), ordered by id,
     /// `limit` at a time. Later writes never change the answer.
@@ -174,6 +186,19 @@ pub trait StoreTx: Send {
     /// `savepoint`, `release_savepoint`, `commit`), and nothing after it commits.
     /// `rollback_to_savepoint` undoes the failed write with the rest of its unit.
     async fn put(&mut self, write: NewVersion) -> Result<()>;
+
+    /// Store many new versions, in order, with the semantics of a [`StoreTx::put`] of
+    /// each (the same version check; a later write of the same resource expects the
+    /// version of the earlier one). For bulk loads (`salus import`, `salus migrate`): a
+    /// backend may write a large batch in bulk (PostgreSQL: binary `COPY`). Like `put`,
+    /// a failure may be reported by the next call that waits. The default puts one by
+    /// one.
+    async fn put_many(&mut self, writes: Vec<NewVersion>) -> Result<()> {
+        for w in writes {
+            self.put(w).await?;
+        }
+        Ok(())
+    }
 
     /// Mark a point inside the transaction that [`StoreTx::rollback_to_savepoint`] can
     /// return to (nested units of work, e.g. one file of a bulk import).

@@ -752,6 +752,41 @@ impl Store for SqliteStore {
         snapshot_scan(&*self.reader()?, query)
     }
 
+    async fn scan_versions(
+        &self,
+        after: Option<(String, String, u64)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>> {
+        let conn = self.reader()?;
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        // row values compare lexicographically; BINARY collation is byte order
+        let rows = match after {
+            None => conn
+                .prepare_cached(&format!(
+                    "SELECT {VERSION_COLS} FROM resource_versions v \
+                     ORDER BY v.rtype, v.id, v.version LIMIT ?1"
+                ))
+                .map_err(db_err)?
+                .query_map(params![lim], row_to_record)
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>(),
+            Some((t, i, v)) => conn
+                .prepare_cached(&format!(
+                    "SELECT {VERSION_COLS} FROM resource_versions v \
+                     WHERE (v.rtype, v.id, v.version) > (?1, ?2, ?3) \
+                     ORDER BY v.rtype, v.id, v.version LIMIT ?4"
+                ))
+                .map_err(db_err)?
+                .query_map(
+                    params![t, i, i64::try_from(v).unwrap_or(i64::MAX), lim],
+                    row_to_record,
+                )
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>(),
+        };
+        rows.map_err(db_err)
+    }
+
     async fn counts(&self) -> Result<Vec<(String, u64)>> {
         let r = self.reader()?;
         let mut st = r

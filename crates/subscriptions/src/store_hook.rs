@@ -87,6 +87,13 @@ impl Store for NotifyingStore {
     async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<VersionRecord>> {
         self.inner.changes_after(after, limit).await
     }
+    async fn scan_versions(
+        &self,
+        after: Option<(String, String, u64)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>> {
+        self.inner.scan_versions(after, limit).await
+    }
 }
 
 struct NotifyingTx {
@@ -107,6 +114,9 @@ impl StoreTx for NotifyingTx {
     }
     async fn put(&mut self, write: NewVersion) -> Result<()> {
         self.inner.put(write).await
+    }
+    async fn put_many(&mut self, writes: Vec<NewVersion>) -> Result<()> {
+        self.inner.put_many(writes).await
     }
     async fn savepoint(&mut self) -> Result<()> {
         self.inner.savepoint().await
