@@ -187,7 +187,8 @@ async fn availability_becomes_slots_and_new_rules_keep_booked_ones() {
         .await
         .expect(200);
     let removed = r.json["parameter"][1]["valueInteger"].as_u64().unwrap();
-    assert!(removed >= 3 * 6, "{}", r.text);
+    // three 09:xx slots on each of at least 6 days (today's may be past), less the booked one
+    assert!(removed >= 3 * 6 - 1, "{}", r.text);
     let now_free = free_slots(&app, &sched).await;
     assert!(now_free
         .iter()
