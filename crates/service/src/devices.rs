@@ -449,26 +449,12 @@ impl FhirService {
     /// Load the persisted alert-rule state (at start, before any message is processed).
     /// Returns the number of subjects with state.
     pub async fn load_device_rule_state(&self, ingest: &DeviceIngest) -> Result<usize> {
-        let Some(engine) = &ingest.rules else {
+        if ingest.rules.is_none() {
             return Ok(0);
-        };
-        let _turn = ingest.rule_turn.lock().await;
-        let keys: Vec<(String, String)> = (0..RULE_STATE_SHARDS)
-            .map(|k| ("Binary".to_string(), rule_state_id(k)))
-            .collect();
-        let stored = self.store().read_many(&keys).await?;
-        let mut engine = engine.lock().expect("rule engine");
-        for record in stored {
-            match decode_rule_state(record.body.as_deref()) {
-                Ok(part) => engine.load(part),
-                // Unreadable state is not fatal: the rules start afresh for those subjects
-                // (an episode in progress may alert once more).
-                Err(e) => {
-                    tracing::warn!(id = %record.id, error = %e, "alert-rule state part ignored")
-                }
-            }
         }
-        Ok(engine.state().subjects())
+        let _turn = ingest.rule_turn.lock().await;
+        let all: BTreeSet<u32> = (0..RULE_STATE_SHARDS).collect();
+        self.read_rule_state(ingest, &all).await
     }
 
     /// Drop a patient's alert-rule state (erasure) and persist that.
@@ -493,29 +479,36 @@ impl FhirService {
     /// Put the rule state parts `touched` back to what the store holds (after a failed
     /// write), so the next evaluation starts from the persisted state.
     async fn reload_rule_state(&self, ingest: &DeviceIngest, touched: &BTreeSet<u32>) {
+        if let Err(e) = self.read_rule_state(ingest, touched).await {
+            tracing::error!(error = %e, "cannot reload alert-rule state");
+        }
+    }
+
+    /// Replace the engine's parts `parts` with the stored ones; returns the number of
+    /// subjects with state. An unreadable part is not fatal: its subjects start afresh
+    /// (an episode in progress may alert once more).
+    async fn read_rule_state(&self, ingest: &DeviceIngest, parts: &BTreeSet<u32>) -> Result<usize> {
         let Some(engine) = &ingest.rules else {
-            return;
+            return Ok(0);
         };
-        let keys: Vec<(String, String)> = touched
+        let keys: Vec<(String, String)> = parts
             .iter()
             .map(|&k| ("Binary".to_string(), rule_state_id(k)))
             .collect();
-        let stored = match self.store().read_many(&keys).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reload alert-rule state");
-                return;
-            }
-        };
+        let stored = self.store().read_many(&keys).await?;
         let mut engine = engine.lock().expect("rule engine");
-        for &k in touched {
+        for &k in parts {
             engine.clear_shard(k, RULE_STATE_SHARDS);
         }
         for record in stored {
-            if let Ok(part) = decode_rule_state(record.body.as_deref()) {
-                engine.load(part);
+            match decode_rule_state(record.body.as_deref()) {
+                Ok(part) => engine.load(part),
+                Err(e) => {
+                    tracing::warn!(id = %record.id, error = %e, "alert-rule state part ignored")
+                }
             }
         }
+        Ok(engine.state().subjects())
     }
 
     /// Write the alerts' Flag, Task and Communication resources and the rule-state parts
