@@ -9,7 +9,9 @@
 //! per connection (Mosquitto's `max_inflight_messages`, 20 by default), which caps a
 //! batch; with `connections` above 1 the source opens that many sessions on one shared
 //! subscription (`$share/<client_id>/<topic>`), and the broker spreads the messages over
-//! them. PUBACKs go out per connection in the order the messages came (§4.6).
+//! them. A connection itself holds at most `max_batch` unacknowledged messages and stops
+//! reading until the sink has taken them, so a broker without such a limit cannot flood
+//! it. PUBACKs go out per connection in the order the messages came (§4.6).
 
 use crate::{Sink, SourceError};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
@@ -180,7 +182,7 @@ async fn session(
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-    // Room for every acknowledgement of a full batch without waiting on the event loop.
+    let max_waiting = c.max_batch;
     let (client, mut events) = AsyncClient::new(opts, c.max_batch + 64);
     for t in &c.topics {
         let filter = if shared {
@@ -194,8 +196,21 @@ async fn session(
             .map_err(|e| SourceError::Connection(e.to_string()))?;
     }
     let (done, mut outcomes) = mpsc::unbounded_channel::<bool>();
+    // Received, handed to the sink, not yet acknowledged: at most `max_batch` of them, so
+    // a broker that does not limit the messages in flight cannot flood this connection.
     let mut waiting: VecDeque<Publish> = VecDeque::new();
+    // Stored, acknowledgement not yet handed to the event loop because its request queue
+    // was full. Acknowledgements are never awaited: only this task drives the event loop
+    // that empties that queue, so waiting for room there would stop the connection for
+    // good. They go out in order as the loop makes room (§4.6).
+    let mut unacked: VecDeque<Publish> = VecDeque::new();
     loop {
+        while let Some(p) = unacked.front() {
+            if client.try_ack(p).is_err() {
+                break;
+            }
+            unacked.pop_front();
+        }
         tokio::select! {
             // Outcomes come in the order the messages were queued: one per message.
             Some(stored) = outcomes.recv(), if !waiting.is_empty() => {
@@ -207,12 +222,12 @@ async fn session(
                         p.topic
                     )));
                 }
-                client
-                    .ack(&p)
-                    .await
-                    .map_err(|e| SourceError::Connection(e.to_string()))?;
+                if !unacked.is_empty() || client.try_ack(&p).is_err() {
+                    unacked.push_back(p);
+                }
             }
-            event = events.poll() => {
+            // Driven while acknowledgements are pending too, since it is what sends them.
+            event = events.poll(), if waiting.len() < max_waiting || !unacked.is_empty() => {
                 let event = event.map_err(|e| SourceError::Connection(e.to_string()))?;
                 let Event::Incoming(Packet::Publish(p)) = event else {
                     continue;

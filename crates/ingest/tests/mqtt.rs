@@ -238,6 +238,118 @@ async fn messages_sent_while_the_source_is_down_arrive_after_a_restart() {
     assert_eq!(got.len(), 5, "{got:?}");
 }
 
+/// A Mosquitto of this test's own on a free port, configured to hold back nothing:
+/// unlimited messages in flight to a client and queued for it. `None` (said so) when
+/// no `mosquitto` binary is installed.
+struct PrivateBroker {
+    child: std::process::Child,
+    port: u16,
+    conf: std::path::PathBuf,
+}
+
+impl PrivateBroker {
+    fn start() -> Option<Self> {
+        let bin = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let conf = std::env::temp_dir().join(format!("{}.conf", unique("salus-mosquitto")));
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_inflight_messages 0\nmax_queued_messages 0\n"
+            ),
+        )
+        .ok()?;
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(PrivateBroker { child, port, conf });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.conf);
+    }
+}
+
+/// A broker that does not limit the messages in flight (Mosquitto with
+/// `max_inflight_messages 0`, and others by design) hands a source far more unacknowledged
+/// messages than a batch holds. The source must keep taking and acknowledging them: it
+/// once queued acknowledgements faster than its own connection sent them, blocked on the
+/// full queue, and stopped reading for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_an_inflight_limit_never_stalls_the_source() {
+    let Some(broker) = PrivateBroker::start() else {
+        if std::env::var_os("SALUS_REQUIRE_SHARED").is_some() {
+            panic!("no mosquitto binary to start a private broker, and CI requires one");
+        }
+        eprintln!("SKIPPED: no mosquitto binary; the unlimited-inflight MQTT test did not run");
+        return;
+    };
+    let topic = unique("salus-test/flood");
+    let sink = Arc::new(SlowBatchSink::default());
+    let source = MqttSource::new(MqttConfig {
+        connections: 2,
+        max_batch: 5,
+        ..config("127.0.0.1", broker.port, &topic, &unique("salus-flood"))
+    })
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(source.run(sink.clone(), async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = Publisher::new("127.0.0.1", broker.port, topic.clone());
+    const N: usize = 1000;
+    for i in 0..N {
+        assert!(publisher.publish(format!("{{\"n\":{i}}}").as_bytes()).await);
+    }
+    let count = || -> usize { sink.batches.lock().unwrap().iter().map(Vec::len).sum() };
+    for _ in 0..1200 {
+        if count() >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+    let mut got: Vec<String> = sink
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(|p| String::from_utf8(p.clone()).unwrap())
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), N, "every message stored, none stuck");
+    drop(broker);
+}
+
 #[test]
 fn bad_configuration_is_refused() {
     let mut c = MqttConfig::default();
