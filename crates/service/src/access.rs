@@ -415,6 +415,10 @@ impl Store for GuardedStore {
         self.inner.snapshot_seq().await
     }
 
+    fn feed_gaps_are_final(&self) -> bool {
+        self.inner.feed_gaps_are_final()
+    }
+
     async fn snapshot_scan(&self, query: &SnapshotQuery) -> Result<SnapshotPage> {
         let grant = self.guard.grant(Interaction::Search, &query.rtype)?;
         let mut page = self.inner.snapshot_scan(query).await?;

@@ -111,6 +111,14 @@ pub trait Store: Send + Sync + 'static {
     /// commit a smaller one (see docs/bulk.md).
     async fn snapshot_seq(&self) -> Result<i64>;
 
+    /// Whether a `seq` missing below the newest one in [`Store::changes_after`] stays
+    /// missing (a purged or rolled-back version), so a feed reader need not look at it
+    /// again. True on SQLite (one writer: versions become visible in `seq` order); false
+    /// where a transaction still open may yet commit a smaller `seq` (PostgreSQL).
+    fn feed_gaps_are_final(&self) -> bool {
+        false
+    }
+
     /// The change feed (subscriptions): every stored version with `seq > after`, oldest
     /// first, at most `limit`. Deletions are included (no body). On SQLite this is
     /// commit order; on PostgreSQL a transaction still open may later commit a smaller

@@ -722,6 +722,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    fn feed_gaps_are_final(&self) -> bool {
+        true
+    }
+
     async fn snapshot_seq(&self) -> Result<i64> {
         let conn = self.reader()?;
         let seq: Option<i64> = conn

@@ -417,8 +417,11 @@ impl Engine {
         eng.gaps
             .retain(|(s, _)| !filled.iter().any(|r| r.seq == *s));
         let mut prev = eng.cursor;
+        // Where a missing seq stays missing (SQLite: versions purged, as the device-rule
+        // state's are after every batch), there is nothing to wait for.
+        let track_gaps = !inner.store.feed_gaps_are_final();
         for r in &records {
-            if r.seq > prev + 1 && eng.gaps.len() < MAX_GAPS {
+            if track_gaps && r.seq > prev + 1 && eng.gaps.len() < MAX_GAPS {
                 for s in (prev + 1)..r.seq {
                     if eng.gaps.len() >= MAX_GAPS {
                         break;

@@ -81,6 +81,9 @@ impl Store for NotifyingStore {
     async fn snapshot_seq(&self) -> Result<i64> {
         self.inner.snapshot_seq().await
     }
+    fn feed_gaps_are_final(&self) -> bool {
+        self.inner.feed_gaps_are_final()
+    }
     async fn snapshot_scan(&self, query: &SnapshotQuery) -> Result<SnapshotPage> {
         self.inner.snapshot_scan(query).await
     }
