@@ -53,6 +53,12 @@ fn collect(v: &Value, out: &mut String) {
                 if k == "contained" {
                     continue; // contained resources are found through their container's own text
                 }
+                if k == "data" && x.is_string() {
+                    // SampledData.data (numbers), Attachment/Binary/Signature.data
+                    // (base64): not words; a device Observation's samples would be
+                    // thousands of tokens.
+                    continue;
+                }
                 collect(x, out);
             }
         }
@@ -120,6 +126,22 @@ fn entity(name: &str) -> Option<char> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn samples_and_base64_are_not_words() {
+        let t = extract(&json!({
+            "resourceType": "Observation",
+            "code": {"text": "Heart rate"},
+            "valueSampledData": {"origin": {"value": 0}, "period": 1000, "dimensions": 1,
+                "data": "61 62 63 64"},
+            "derivedFrom": [{"display": "strip"}]
+        }));
+        assert!(t.content.contains("Heart rate") && t.content.contains("strip"));
+        assert!(!t.content.contains("61 62"), "{:?}", t.content);
+        let b = extract(&json!({"resourceType": "DocumentReference",
+            "content": [{"attachment": {"title": "Discharge letter", "data": "SGVsbG8="}}]}));
+        assert!(b.content.contains("Discharge letter") && !b.content.contains("SGVsbG8"));
+    }
 
     #[test]
     fn narrative_and_content() {
