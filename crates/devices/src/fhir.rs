@@ -614,7 +614,7 @@ pub struct ObservationGroup {
 }
 
 /// A FHIR identifier (system and value).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Identifier {
     /// `Identifier.system`.
     pub system: String,

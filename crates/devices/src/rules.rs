@@ -13,9 +13,11 @@
 //! Episodes: a rule fires once when its condition starts to hold (an [`AlertStatus::Triggered`]
 //! alert), stays quiet while it keeps holding, and re-arms when it clears (an
 //! [`AlertStatus::Resolved`] alert). Readings older than the newest one seen for a rule and
-//! subject are late: they update trend windows and missing-data clocks but do not open or
-//! close episodes. The whole state is serde-serializable ([`RuleEngine::state`],
-//! [`RuleEngine::with_state`]) so the server can persist it between messages and restarts.
+//! subject are late: they update trend windows and missing-data clocks but do not close
+//! episodes, and open one only when they alone meet an instantaneous threshold (no
+//! `sustained_for`) while none is open, so a dangerous reading is never lost to reordering.
+//! The whole state is serde-serializable ([`RuleEngine::state`], [`RuleEngine::with_state`])
+//! so the server can persist it between messages and restarts.
 //!
 //! The subject of a measurement is its `patient_id`, else `device:<device id>`.
 
@@ -576,13 +578,34 @@ impl RuleEngine {
             } else {
                 false
             };
-            if late {
-                continue;
-            }
             let sustain = rule
                 .sustained_for
                 .map(Span::duration)
                 .unwrap_or(Duration::ZERO);
+            if late {
+                // A late reading that alone meets an instantaneous threshold (no
+                // `sustained_for`) while no episode is open still alerts: a dangerous value
+                // must not be lost because a newer, normal one came first (one device's
+                // messages can be reordered, e.g. across the connections of a shared MQTT
+                // subscription). The next in-order reading that does not hold ends it.
+                if holds && rule.threshold.is_some() && sustain.is_zero() && track.episode.is_none()
+                {
+                    track.episode = Some(Episode {
+                        start: t,
+                        fired: true,
+                    });
+                    out.push(alert(
+                        rule,
+                        &subject,
+                        track,
+                        AlertStatus::Triggered,
+                        t,
+                        now,
+                        Some(v),
+                    ));
+                }
+                continue;
+            }
             if holds {
                 let e = track.episode.get_or_insert(Episode {
                     start: t,
@@ -1034,6 +1057,33 @@ mod tests {
                 T0
             )
             .is_empty());
+    }
+
+    #[test]
+    fn a_late_reading_over_an_instantaneous_threshold_still_alerts_once() {
+        let mut e = engine(
+            r#"{"rules": [{"id": "tachy", "type": "heartrate", "value": "hr", "threshold": {"op": ">=", "value": 120}},
+                {"id": "sustained", "type": "heartrate", "value": "hr", "threshold": {"op": ">=", "value": 120},
+                 "sustainedFor": "1m"}]}"#,
+        );
+        let at = |m: i64| T0 + Duration::minutes(m);
+        assert!(e
+            .observe(&reading("heartrate", "hr", 60.0, at(1)), at(1))
+            .is_empty());
+        // the dangerous reading arrives after the newer normal one: the instantaneous rule
+        // fires (the sustained one cannot judge a duration from a late reading)
+        let late = e.observe(&reading("heartrate", "hr", 150.0, at(0)), at(1));
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert_eq!(late[0].rule_id, "tachy");
+        assert_eq!(late[0].status, AlertStatus::Triggered);
+        // redelivered: the episode is open, no second alert
+        assert!(e
+            .observe(&reading("heartrate", "hr", 150.0, at(0)), at(1))
+            .is_empty());
+        // the next in-order normal reading resolves it
+        let r = e.observe(&reading("heartrate", "hr", 70.0, at(2)), at(2));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].status, AlertStatus::Resolved);
     }
 
     #[test]

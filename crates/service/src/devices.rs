@@ -263,18 +263,17 @@ impl FhirService {
         // Device → Patient, looked up in the transaction (Lookup mode).
         let config = &ingest.pipeline.config;
         let mut devices: HashMap<String, Option<DeviceRecord>> = HashMap::new();
+        let mut wanted: Vec<Identifier> = vec![];
         for m in &measurements {
-            if devices.contains_key(&m.device_id) {
-                continue;
+            if devices.insert(m.device_id.clone(), None).is_none() {
+                wanted.push(Identifier {
+                    system: config.device_identifier_system.clone(),
+                    value: m.device_id.clone(),
+                });
             }
-            let id = Identifier {
-                system: config.device_identifier_system.clone(),
-                value: m.device_id.clone(),
-            };
-            let query = id.search_url("Device");
-            let query = query.split_once('?').map_or("", |(_, q)| q).to_string();
-            let found = tx_match(tx.as_mut(), "Device", &query, self.limits()).await?;
-            let record = found.first().and_then(|r| {
+        }
+        for (id, r) in tx_by_identifier(tx.as_mut(), "Device", &wanted, self.limits()).await? {
+            let record = (|| {
                 let body: Value = serde_json::from_str(r.body.as_deref()?).ok()?;
                 Some(DeviceRecord {
                     device_reference: format!("Device/{}", r.id),
@@ -283,8 +282,8 @@ impl FhirService {
                         .and_then(Value::as_str)
                         .map(str::to_string),
                 })
-            });
-            devices.insert(m.device_id.clone(), record);
+            })();
+            devices.insert(id.value, record);
         }
         let directory = |id: &Identifier| devices.get(&id.value).cloned().flatten();
         let plan = ingest.pipeline.plan(&measurements, &directory);
@@ -308,15 +307,17 @@ impl FhirService {
             dead.push(dead_letter(&content, &reasons, &source));
         }
         // merge with what is stored, inside the transaction
-        let mut resources = vec![];
-        let mut changed = vec![];
+        let wanted: Vec<Identifier> = plan
+            .observations
+            .iter()
+            .map(|o| o.identifier.clone())
+            .collect();
+        let stored = tx_by_identifier(tx.as_mut(), "Observation", &wanted, self.limits()).await?;
+        let mut entries = plan.identity_entries.clone();
         for o in &plan.observations {
-            let url = o.search_url();
-            let query = url.split_once('?').map_or("", |(_, q)| q);
-            let found = tx_match(tx.as_mut(), "Observation", query, self.limits()).await?;
-            let existing: Option<Value> = found
-                .first()
-                .and_then(|r| serde_json::from_str(r.body.as_deref()?).ok());
+            let found = stored.get(&o.identifier);
+            let existing: Option<Value> =
+                found.and_then(|r| serde_json::from_str(r.body.as_deref()?).ok());
             let new = match o.resource(existing.as_ref()) {
                 Ok(v) => v,
                 Err(e) => {
@@ -330,16 +331,19 @@ impl FhirService {
                 report.observations_unchanged += 1;
                 continue;
             }
-            changed.push(o.clone());
-            resources.push(new);
+            report.observations_written += 1;
+            entries.push(match found {
+                // Found by its identifier in this transaction (under that identifier's
+                // lock): updated by id, without searching for it again.
+                Some(r) => {
+                    let mut new = new;
+                    new["id"] = json!(r.id);
+                    json!({"resource": new, "request": {"method": "PUT", "url": format!("Observation/{}", r.id)}})
+                }
+                None => o.entry(new),
+            });
         }
-        report.observations_written = changed.len();
-        let mut bundle = salus_devices::Plan {
-            identity_entries: plan.identity_entries.clone(),
-            observations: changed,
-            errors: vec![],
-        }
-        .transaction(resources);
+        let mut bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
         if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
             for mut d in dead {
                 let id = uuid::Uuid::new_v4().to_string();
@@ -583,8 +587,29 @@ impl FhirService {
             return Ok(0);
         }
         let n = entries.len();
+        // An episode that opened and closed within one batch writes its Flag twice (active,
+        // then inactive). One transaction Bundle would resolve both conditional updates
+        // before either is written and create two Flags; so each repeat of a URL goes into a
+        // later Bundle of the same store transaction, which sees the earlier writes, and
+        // the Flag gets both versions in order (subscribers see it raised, then cleared).
+        let mut rounds: Vec<Vec<Value>> = vec![];
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for e in entries {
+            let url = e["request"]["url"].as_str().unwrap_or("").to_string();
+            let round = if url.contains('?') {
+                let k = seen.entry(url).or_insert(0);
+                *k += 1;
+                *k - 1
+            } else {
+                0
+            };
+            if rounds.len() <= round {
+                rounds.resize_with(round + 1, Vec::new);
+            }
+            rounds[round].push(e);
+        }
         let mut tx = self.store().begin().await?;
-        if !entries.is_empty() {
+        for entries in rounds {
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
             self.transaction_into(tx.as_mut(), bundle).await?;
         }
@@ -594,6 +619,74 @@ impl FhirService {
         tx.commit().await?;
         Ok(n)
     }
+}
+
+/// The current resources of `rtype` holding each of `ids`, looked up in `tx` with one
+/// search per hundred identifiers instead of one each. Every identifier's criterion is
+/// locked as a conditional operation on it would be (`tx_match`), so writers of the
+/// same identifier in other transactions or processes still go one after the other.
+/// Identifiers with characters that search syntax escapes (`,` `|` `$` `\\`) are looked up
+/// one by one. The first match wins, as with `tx_match`.
+async fn tx_by_identifier(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    ids: &[Identifier],
+    limits: &crate::service::Limits,
+) -> Result<HashMap<Identifier, salus_store::VersionRecord>> {
+    let special = |s: &str| s.contains([',', '|', '$', '\\']);
+    let mut out: HashMap<Identifier, salus_store::VersionRecord> = HashMap::new();
+    let (plain, escaped): (Vec<&Identifier>, Vec<&Identifier>) = ids
+        .iter()
+        .partition(|i| !special(&i.system) && !special(&i.value));
+    for id in escaped {
+        let url = id.search_url(rtype);
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        if let Some(r) = tx_match(tx, rtype, query, limits).await?.into_iter().next() {
+            out.insert(id.clone(), r);
+        }
+    }
+    for chunk in plain.chunks(100) {
+        for id in chunk {
+            tx.lock(&id.search_url(rtype)).await?;
+        }
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("{}|{}", i.system, i.value))
+            .collect();
+        let options = salus_search::Options {
+            default_count: limits.default_count,
+            max_count: limits.max_count,
+            strict: true,
+        };
+        let mut plan = salus_search::parse(
+            rtype,
+            &[("identifier".to_string(), values.join(","))],
+            &options,
+        )?;
+        plan.query.count = chunk.len() * 2 + 1;
+        plan.query.offset = 0;
+        plan.query.page = Default::default();
+        plan.query.with_total = false;
+        let wanted: std::collections::HashSet<&Identifier> = chunk.iter().copied().collect();
+        for r in tx.search(&plan.query).await?.entries {
+            let Some(body) = r.body.as_deref() else {
+                continue;
+            };
+            let Ok(body) = serde_json::from_str::<Value>(body) else {
+                continue;
+            };
+            for i in body["identifier"].as_array().into_iter().flatten() {
+                let id = Identifier {
+                    system: i["system"].as_str().unwrap_or("").to_string(),
+                    value: i["value"].as_str().unwrap_or("").to_string(),
+                };
+                if wanted.contains(&id) && !out.contains_key(&id) {
+                    out.insert(id, r.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn decode_rule_state(body: Option<&str>) -> std::result::Result<EngineState, String> {

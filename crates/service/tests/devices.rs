@@ -313,3 +313,63 @@ async fn alert_rule_state_survives_a_restart_and_erasure_forgets_it() {
         assert_eq!(r.version, 1, "rule state keeps no history");
     }
 }
+
+/// An episode that opens and closes within one batch (a reading over the threshold, then a
+/// normal one) is one Flag with two versions, raised then cleared, not two Flags; and one
+/// device's messages arriving in the wrong order still raise the alert.
+#[tokio::test]
+async fn an_episode_within_one_batch_is_one_flag_raised_then_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    let ingest = ingest();
+    for (p, d) in [("p-inbatch", "band-a"), ("p-reordered", "band-b")] {
+        svc.update(
+            "Patient",
+            p,
+            json!({"resourceType": "Patient", "id": p, "name": [{"family": "Quick"}]}),
+            None,
+        )
+        .await
+        .unwrap();
+        svc.create(
+            "Device",
+            json!({"resourceType": "Device",
+                "identifier": [{"system": "urn:salus:devices:device-id", "value": d}],
+                "patient": {"reference": format!("Patient/{p}")}}),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let batch = vec![
+        reading("band-a", 1, 150),
+        reading("band-a", 2, 70),
+        // band-b: the newer normal reading first, the dangerous one late
+        reading("band-b", 5, 70),
+        reading("band-b", 4, 160),
+    ];
+    svc.ingest_device_messages(&ingest, &batch, "http")
+        .await
+        .unwrap();
+    assert_eq!(count(&svc, "Flag", "patient=Patient/p-inbatch").await, 1);
+    let page = svc
+        .search(
+            "Flag",
+            &[("patient".into(), "Patient/p-inbatch".into())],
+            true,
+        )
+        .await
+        .unwrap()
+        .page;
+    let flag: Value = serde_json::from_str(page.entries[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(flag["status"], "inactive");
+    assert_eq!(
+        flag["meta"]["versionId"], "2",
+        "raised, then cleared: {flag}"
+    );
+    assert_eq!(count(&svc, "Flag", "patient=Patient/p-reordered").await, 1);
+    assert_eq!(
+        count(&svc, "Communication", "patient=Patient/p-reordered").await,
+        1
+    );
+}
