@@ -261,7 +261,19 @@ pub async fn import_incremental_cli(
                 .filter(|f| f.extension().and_then(|e| e.to_str()) == Some("ndjson"))
                 .collect();
             inner.sort();
-            files.extend(inner);
+            // In a folder, files not named after a resource type (a Bulk export's
+            // `log.ndjson`) are left out, as the plain import leaves out non-FHIR files;
+            // named on the command line, such a file is an error.
+            for f in inner {
+                if type_of(&f).is_ok() {
+                    files.push(f);
+                } else {
+                    eprintln!(
+                        "skipped {}: not named after a resource type (Patient.ndjson, Observation-1.ndjson)",
+                        f.display()
+                    );
+                }
+            }
         } else if p.is_file() {
             files.push(p.clone());
         } else {

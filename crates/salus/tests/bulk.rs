@@ -265,16 +265,33 @@ fn export_and_incremental_import_on_the_command_line() {
         "{exported}"
     );
     assert!(out.join("manifest.json").exists());
-    // Round trip through a second data dir: the same lines.
+    // Round trip through a second data dir: the same lines. The folder is imported, and a
+    // file in it not named after a resource type (a bulk log) is skipped, said so.
+    std::fs::write(out.join("log.ndjson"), "{\"event\":\"done\"}\n").unwrap();
     let (ok, text) = salus(&[
         "import",
         "--quiet",
         "--incremental",
         "--data-dir",
         &p(&b),
-        &p(&out.join("Patient-1.ndjson")),
+        &p(&out),
     ]);
     assert!(ok, "{text}");
+    assert!(
+        text.contains("skipped") && text.contains("log.ndjson"),
+        "{text}"
+    );
+    // named on the command line, such a file is an error
+    let (ok, text) = salus(&[
+        "import",
+        "--quiet",
+        "--incremental",
+        "--data-dir",
+        &p(&b),
+        &p(&out.join("log.ndjson")),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("named after their resource type"), "{text}");
     let out2 = dir.path().join("out2");
     let (ok, text) = salus(&[
         "export",
