@@ -293,7 +293,10 @@ async fn main() {
     let before = stored_measurements(&http, &base).await;
     let total = (devices * messages * readings) as u64;
     // Alerting devices: every tenth, each in a different message, spread over the run.
-    let alert_at = |d: usize| d.is_multiple_of(10).then(|| 1 + (d / 10) % (messages.max(2) - 1));
+    let alert_at = |d: usize| {
+        d.is_multiple_of(10)
+            .then(|| 1 + (d / 10) % (messages.max(2) - 1))
+    };
     let alerting = (0..devices).filter(|d| alert_at(*d).is_some()).count();
     println!(
         "{devices} devices × {messages} messages × {readings} readings = {total} measurements; {alerting} alerting"
