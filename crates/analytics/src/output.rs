@@ -1,10 +1,10 @@
-//! Query results as text: an aligned table (arrow's pretty printer), CSV, JSON lines, or
-//! Parquet bytes.
+//! Query results as text: an aligned table (arrow's pretty printer), CSV, a JSON array,
+//! JSON lines, or Parquet bytes.
 
 use crate::error::{AnalyticsError, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::json::writer::LineDelimited;
+use datafusion::arrow::json::writer::{JsonArray, LineDelimited};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
@@ -20,6 +20,8 @@ pub enum OutputFormat {
     Table,
     /// CSV with a header row; list columns are written as JSON arrays.
     Csv,
+    /// One JSON array holding one object per row (nulls written as `null`).
+    Json,
     /// One JSON object per row (nulls written as `null`).
     JsonLines,
     /// A Parquet file.
@@ -33,10 +35,11 @@ impl FromStr for OutputFormat {
         match s.to_ascii_lowercase().as_str() {
             "table" | "text" => Ok(Self::Table),
             "csv" => Ok(Self::Csv),
+            "json" => Ok(Self::Json),
             "ndjson" | "jsonl" | "json-lines" | "jsonlines" => Ok(Self::JsonLines),
             "parquet" => Ok(Self::Parquet),
             other => Err(AnalyticsError::Invalid(format!(
-                "unknown output format '{other}' (table, csv, ndjson, parquet)"
+                "unknown output format '{other}' (table, csv, json, ndjson, parquet)"
             ))),
         }
     }
@@ -66,6 +69,15 @@ pub fn write_output<W: Write + Send>(
             for b in batches {
                 w.write(&flatten_lists(&flat, b)?)?;
             }
+        }
+        OutputFormat::Json => {
+            let mut w = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, JsonArray>(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
         }
         OutputFormat::JsonLines => {
             let mut w = datafusion::arrow::json::WriterBuilder::new()
@@ -187,6 +199,7 @@ mod tests {
             "ndjson".parse::<OutputFormat>().unwrap(),
             OutputFormat::JsonLines
         );
+        assert_eq!("json".parse::<OutputFormat>().unwrap(), OutputFormat::Json);
         assert!("xml".parse::<OutputFormat>().unwrap_err().is_user_error());
     }
 }

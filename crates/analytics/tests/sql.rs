@@ -215,6 +215,17 @@ async fn outputs_in_every_format() {
     );
     let second: Value = serde_json::from_str(ndjson.lines().nth(1).unwrap()).unwrap();
     assert_eq!(second["active"], Value::Null);
+    let array: Value = serde_json::from_slice(&render(OutputFormat::Json)).unwrap();
+    assert_eq!(array.as_array().unwrap().len(), 3);
+    assert_eq!(array[0], first);
+    assert_eq!(array[1], second);
+    let empty = sql
+        .query_result("SELECT id FROM patient_demo WHERE id = 'nobody'")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    write_output(&empty.schema, &empty.batches, OutputFormat::Json, &mut out).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), json!([]));
     let parquet = render(OutputFormat::Parquet);
     assert_eq!(&parquet[..4], b"PAR1");
     let reader =
