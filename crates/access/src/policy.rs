@@ -154,6 +154,10 @@ pub enum Capability {
     Purge,
     /// Bulk `$export` whose output is de-identified, whatever the caller's reads.
     DeidentifiedExport,
+    /// SQL over the materialized analytics views (`$sql`) and measure evaluation
+    /// (`Measure/$evaluate-measure`, `$insights`). The tables hold every patient's rows
+    /// (ids, dates, codes): not de-identified, and not filtered by the caller's reads.
+    Analytics,
 }
 
 /// A staff role's rule: these interactions on these types, optionally only on
@@ -249,7 +253,12 @@ fn builtin_roles() -> Vec<RoleConfig> {
         RoleConfig {
             name: "admin".into(),
             rules: vec![rule(&["*"], "cruds")],
-            capabilities: vec![Capability::Admin, Capability::Audit, Capability::Purge],
+            capabilities: vec![
+                Capability::Admin,
+                Capability::Audit,
+                Capability::Purge,
+                Capability::Analytics,
+            ],
         },
         RoleConfig {
             name: "clinician".into(),
@@ -266,11 +275,12 @@ fn builtin_roles() -> Vec<RoleConfig> {
             rules: vec![rule(&["*"], "cu")],
             capabilities: vec![],
         },
-        // Sees data only de-identified: no direct reads at all.
+        // Sees data only de-identified or aggregated: no direct reads at all; SQL over the
+        // analytics views (which do hold patient ids and dates: docs/analytics.md).
         RoleConfig {
             name: "analyst".into(),
             rules: vec![],
-            capabilities: vec![Capability::DeidentifiedExport],
+            capabilities: vec![Capability::DeidentifiedExport, Capability::Analytics],
         },
     ]
 }
@@ -621,6 +631,11 @@ mod tests {
             )
             .is_err());
         assert!(pol.has_capability(&analyst, Capability::DeidentifiedExport));
+        assert!(pol.has_capability(&analyst, Capability::Analytics));
+        let admin = p("user/*.cruds").with_roles(&["admin"]);
+        assert!(pol.has_capability(&admin, Capability::Analytics));
+        let clin = p("user/*.cruds").with_roles(&["clinician"]);
+        assert!(!pol.has_capability(&clin, Capability::Analytics));
     }
 
     #[test]

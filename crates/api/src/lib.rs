@@ -6,6 +6,7 @@
 //! mapping from errors to HTTP statuses with an OperationOutcome ([`error::ApiError`]).
 //! Must not touch: storage or FHIR rules — those live in `salus-service`.
 
+pub mod analytics;
 pub mod auth;
 pub mod bulk;
 mod capability;
@@ -87,6 +88,10 @@ pub struct AppState {
     pub scheduling: Arc<salus_service::scheduling::Scheduling>,
     /// The subscription engine (docs/subscriptions.md), when enabled.
     pub subscriptions: Option<salus_subscriptions::Engine>,
+    /// SQL over the materialized views and the population measures (`$sql`,
+    /// `Measure/$evaluate-measure`, `$insights`; docs/analytics.md), when enabled. A
+    /// trait object: the engine (DataFusion) lives in the binary, not in this crate.
+    pub analytics: Option<Arc<dyn analytics::AnalyticsProvider>>,
 }
 
 impl AppState {
@@ -105,6 +110,7 @@ impl AppState {
             bulk: None,
             scheduling: Arc::default(),
             subscriptions: None,
+            analytics: None,
         }
     }
 
@@ -148,6 +154,12 @@ impl AppState {
     /// Check Subscription writes with this engine and serve its operations.
     pub fn with_subscriptions(mut self, engine: salus_subscriptions::Engine) -> Self {
         self.subscriptions = Some(engine);
+        self
+    }
+
+    /// Serve `$sql`, `Measure/$evaluate-measure` and `$insights` through this provider.
+    pub fn with_analytics(mut self, provider: Arc<dyn analytics::AnalyticsProvider>) -> Self {
+        self.analytics = Some(provider);
         self
     }
 
@@ -239,6 +251,18 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/messages", post(device_messages))
         .route("/metrics", get(metrics_with_hl7))
         .route("/_history", get(history_system))
+        // analytics (crates/api/src/analytics.rs)
+        .route("/$sql", post(analytics::sql))
+        .route(
+            "/Measure/$evaluate-measure",
+            get(analytics::evaluate_get).post(analytics::evaluate_post),
+        )
+        .route(
+            "/Measure/{id}/$evaluate-measure",
+            get(analytics::evaluate_instance_get).post(analytics::evaluate_instance_post),
+        )
+        .route("/$insights", get(analytics::insights))
+        .route("/$insights/{chart}", get(analytics::chart))
         // scheduling operations (crates/api/src/scheduling.rs): static segments win
         // over the generic `/{rtype}/…` routes below
         .route("/$worklist", get(scheduling::worklist))
