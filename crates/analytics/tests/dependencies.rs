@@ -63,4 +63,5 @@ fn only_the_binary_pulls_in_datafusion() {
             );
         }
     }
+    assert!(packages["salus"].iter().any(|d| d == "salus-analytics"));
 }

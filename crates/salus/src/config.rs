@@ -172,6 +172,8 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     /// FHIR Subscriptions (`[subscriptions]`, docs/subscriptions.md).
     pub subscriptions: crate::subscriptions::SubscriptionsSection,
+    /// Analytics tables, `$sql` and the measures (`[analytics]`, docs/analytics.md).
+    pub analytics: crate::analytics::AnalyticsSection,
 }
 
 /// `[encryption]`: encryption at rest. On SQLite the whole database files
@@ -238,6 +240,7 @@ impl Default for Config {
             scheduling: Default::default(),
             encryption: Default::default(),
             subscriptions: Default::default(),
+            analytics: Default::default(),
         }
     }
 }
@@ -303,6 +306,13 @@ pub struct Overrides {
     /// File holding the encryption key (implies --encryption)
     #[arg(long, env = "SALUS_ENCRYPTION_KEY_FILE", value_name = "FILE")]
     pub encryption_key_file: Option<PathBuf>,
+    /// Seconds between background refreshes of the analytics tables; 0: on demand only
+    #[arg(
+        long,
+        env = "SALUS_ANALYTICS_REFRESH_INTERVAL_S",
+        value_name = "SECONDS"
+    )]
+    pub analytics_refresh_interval_s: Option<u64>,
 }
 
 impl Config {
@@ -363,6 +373,9 @@ impl Config {
             c.encryption.enabled = true;
             c.encryption.key_file = Some(f.clone());
         }
+        if let Some(v) = o.analytics_refresh_interval_s {
+            c.analytics.refresh_interval_s = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -420,6 +433,7 @@ impl Config {
             bail!("encryption.key_file / key_env are set but encryption.enabled is not: set enabled = true");
         }
         self.subscriptions.validate()?;
+        self.analytics.validate()?;
         Ok(())
     }
 }
@@ -577,6 +591,42 @@ mod tests {
         std::fs::write(&f, "[encryption]\nkey_file = \"k\"\n").unwrap();
         let e = format!("{:#}", Config::load(&o).unwrap_err());
         assert!(e.contains("enabled"), "{e}");
+    }
+
+    #[test]
+    fn analytics_defaults_file_and_flag() {
+        let c = Config::load(&Overrides::default()).unwrap();
+        assert!(c.analytics.enabled);
+        assert_eq!(c.analytics.refresh_interval_s, 300);
+        assert!(c.analytics.refresh_on_query);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("salus.toml");
+        std::fs::write(
+            &f,
+            "[analytics]\nrefresh_interval_s = 60\nrefresh_on_query = false\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.analytics.refresh_interval_s, 60);
+        assert!(!c.analytics.refresh_on_query);
+        // the flag (or SALUS_ANALYTICS_REFRESH_INTERVAL_S, merged into it by clap) wins
+        let o = Overrides {
+            config: Some(f.clone()),
+            analytics_refresh_interval_s: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(&o).unwrap().analytics.refresh_interval_s, 0);
+        std::fs::write(&f, "[analytics]\nrefresh_every = 5\n").unwrap();
+        let o = Overrides {
+            config: Some(f),
+            ..Default::default()
+        };
+        let err = format!("{:#}", Config::load(&o).unwrap_err());
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -158,6 +158,42 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run a read-only SQL query over the analytics tables (refreshed from the data dir first)
+    Sql {
+        /// The statement, e.g. "SELECT gender, count(*) FROM mx_patient GROUP BY gender"
+        query: String,
+        /// Output format: table, csv, json, ndjson or parquet
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Write here instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Query the tables as they are, without reading the store's changes first
+        #[arg(long)]
+        no_refresh: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// The analytics tables (SQL-on-FHIR views materialized as Parquet)
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnalyticsCommand {
+    /// Bring the tables up to date with the store (incrementally, from its change feed)
+    Refresh {
+        /// Rebuild every table from scratch
+        #[arg(long)]
+        full: bool,
+        /// Hide the progress indicator
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
 }
 
 #[derive(Subcommand)]
@@ -349,6 +385,35 @@ fn main() -> Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Sql {
+            query,
+            format,
+            out,
+            no_refresh,
+            overrides,
+        } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            let args = salus::analytics::SqlArgs {
+                query,
+                format,
+                out,
+                no_refresh,
+            };
+            runtime.block_on(salus::analytics::sql_cli(&config, args))
+        }
+        Command::Analytics {
+            command:
+                AnalyticsCommand::Refresh {
+                    full,
+                    quiet,
+                    overrides,
+                },
+        } => {
+            let config = Config::load(&overrides)?;
+            salus::serve::init_tracing(config.log_format);
+            runtime.block_on(salus::analytics::refresh_cli(&config, full, !quiet))
         }
         Command::Auth { command } => runtime.block_on(salus::auth::run_cli(command)),
         Command::Keys { command } => {

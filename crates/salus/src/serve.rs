@@ -503,6 +503,23 @@ pub async fn serve(config: Config) -> Result<()> {
         }));
         tracing::info!("device ingestion ready: POST /devices/messages");
     }
+    // Analytics: the tables under <data-dir>/analytics, $sql, the measures, $insights.
+    match crate::analytics::open(&config, svc.unguarded_store().clone()) {
+        Ok(analytics) => {
+            state = state.with_analytics(analytics.clone());
+            if config.analytics.refresh_interval_s > 0 {
+                let every = std::time::Duration::from_secs(config.analytics.refresh_interval_s);
+                device_tasks.push(tokio::spawn(crate::analytics::run_refresher(
+                    analytics,
+                    every,
+                    stopped(stop_rx.clone()),
+                )));
+            }
+            tracing::info!("analytics ready: $sql, Measure/$evaluate-measure, $insights");
+        }
+        Err(why) if config.analytics.enabled => tracing::warn!("{why}"),
+        Err(_) => {}
+    }
     if config.subscriptions.enabled {
         let engine = config.subscriptions.engine(
             public_base(&config),

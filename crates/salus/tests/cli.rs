@@ -192,3 +192,125 @@ fn deid_files_folders_and_bundles() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.json") && err.contains("shred"), "{err}");
 }
+
+#[test]
+fn sql_and_analytics_refresh_over_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("patients.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"p1\",\"birthDate\":\"1950-01-02\",\"gender\":\"female\"}\n\
+         {\"resourceType\":\"Patient\",\"id\":\"p2\",\"birthDate\":\"1990-05-06\",\"gender\":\"male\"}\n\
+         {\"resourceType\":\"Encounter\",\"id\":\"e1\",\"status\":\"finished\",\"class\":{\"code\":\"EMER\"},\"subject\":{\"reference\":\"Patient/p1\"},\"period\":{\"start\":\"2024-03-01T10:00:00Z\",\"end\":\"2024-03-01T12:00:00Z\"}}\n",
+    )
+    .unwrap();
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    ok(&salus(
+        &["import", "--quiet", "--data-dir", "data", "patients.ndjson"],
+        d,
+    ));
+    // the first refresh builds every table
+    let out = ok(&salus(
+        &["analytics", "refresh", "--quiet", "--data-dir", "data"],
+        d,
+    ));
+    assert!(
+        out.contains("mx_patient") && out.contains("rebuilt"),
+        "{out}"
+    );
+    assert!(d.join("data/analytics/mx_patient/_manifest.json").is_file());
+    let out = ok(&salus(
+        &[
+            "sql",
+            "SELECT gender, count(*) AS n FROM mx_patient GROUP BY gender ORDER BY gender",
+            "--data-dir",
+            "data",
+            "--format",
+            "csv",
+        ],
+        d,
+    ));
+    assert_eq!(out, "gender,n\nfemale,1\nmale,1\n");
+    // a later import reaches the tables incrementally
+    std::fs::write(
+        d.join("more.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"p3\",\"birthDate\":\"2000-01-01\",\"gender\":\"female\"}\n",
+    )
+    .unwrap();
+    ok(&salus(
+        &["import", "--quiet", "--data-dir", "data", "more.ndjson"],
+        d,
+    ));
+    let out = ok(&salus(
+        &["analytics", "refresh", "--quiet", "--data-dir", "data"],
+        d,
+    ));
+    assert!(
+        out.contains("refreshed") && !out.contains("rebuilt"),
+        "{out}"
+    );
+    let out = ok(&salus(
+        &[
+            "sql",
+            "SELECT count(*) AS n FROM mx_patient",
+            "--data-dir",
+            "data",
+            "--format",
+            "json",
+        ],
+        d,
+    ));
+    assert_eq!(out.trim(), "[{\"n\":3}]");
+    // the default format is an aligned table; parquet goes to a file
+    let out = ok(&salus(
+        &[
+            "sql",
+            "SELECT id FROM mx_patient ORDER BY id",
+            "--data-dir",
+            "data",
+        ],
+        d,
+    ));
+    assert!(out.contains("| id |") && out.contains("| p3 |"), "{out}");
+    ok(&salus(
+        &[
+            "sql",
+            "SELECT * FROM mx_encounter",
+            "--data-dir",
+            "data",
+            "--format",
+            "parquet",
+            "--out",
+            "enc.parquet",
+        ],
+        d,
+    ));
+    assert_eq!(&std::fs::read(d.join("enc.parquet")).unwrap()[..4], b"PAR1");
+    // errors are readable and exit non-zero
+    for (args, want) in [
+        (
+            vec!["sql", "DROP TABLE mx_patient", "--data-dir", "data"],
+            "read-only",
+        ),
+        (
+            vec!["sql", "SELECT nope FROM mx_patient", "--data-dir", "data"],
+            "nope",
+        ),
+        (
+            vec!["sql", "SELECT 1", "--data-dir", "data", "--format", "xlsx"],
+            "--format",
+        ),
+    ] {
+        let out = salus(&args, d);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
