@@ -88,7 +88,10 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .with_context(|| format!("cannot list {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
-            entries.sort();
+            // Targets of references first (a Synthea export's Encounters and
+            // MedicationRequests refer to `Practitioner?identifier=…`, which a transaction
+            // must resolve), then by name.
+            entries.sort_by_key(|e| (referenced_rank(e), e.clone()));
             let dirs: Vec<PathBuf> = entries.iter().filter(|e| e.is_dir()).cloned().collect();
             out.extend(
                 entries
@@ -101,6 +104,29 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// Where a file of a folder goes in the import order: resources that others commonly refer
+/// to (by conditional reference too) come first; the type is the name's first part
+/// (`Practitioner.000.ndjson`, `Organization-1.ndjson`).
+fn referenced_rank(path: &Path) -> usize {
+    const FIRST: &[&str] = &[
+        "Organization",
+        "Location",
+        "Practitioner",
+        "PractitionerRole",
+        "Patient",
+        "RelatedPerson",
+        "Device",
+        "Medication",
+        "Encounter",
+    ];
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let t = name.split(['.', '-', '_']).next().unwrap_or_default();
+    FIRST.iter().position(|f| *f == t).unwrap_or(FIRST.len())
 }
 
 /// Whether a file inside a folder is plainly not FHIR data (e.g. a Bulk Data export

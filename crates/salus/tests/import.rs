@@ -261,6 +261,39 @@ async fn synthea_bulk_sample_imports_completely() {
     assert_eq!(total as usize, expected);
 }
 
+/// The Synthea sample through a running server (`salus import --server`): each file is a
+/// transaction there, which resolves `Practitioner?identifier=…` references, so the files
+/// that others refer to go first.
+#[tokio::test]
+async fn synthea_bulk_sample_imports_into_a_running_server() {
+    let Some(shared) = shared_dir() else { return };
+    let folder = shared.join("data/bulk-10-patients");
+    let dir = tempfile::tempdir().unwrap();
+    let (config, svc) = local(dir.path());
+    let state = salus::serve::app_state(&config, svc.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(salus::serve::run(state, listener, async {
+        let _ = stopped.await;
+    }));
+    let target = Target::Remote {
+        client: reqwest::Client::new(),
+        base: format!("http://{addr}"),
+    };
+    let report = import_paths(&target, std::slice::from_ref(&folder), false)
+        .await
+        .unwrap();
+    for p in &report.problems {
+        println!("  {p}");
+    }
+    assert!(report.ok(), "{} problems", report.problems.len());
+    assert!(count(&svc, "Encounter").await > 0);
+    assert!(count(&svc, "MedicationRequest").await > 0);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
 /// A file that passes validation but fails while being written (a conditional
 /// reference that matches nothing) sits between good files of the same batch: the
 /// good files before and after it are kept, nothing of it is.
