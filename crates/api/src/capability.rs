@@ -76,6 +76,31 @@ pub fn capability_statement(base: &str, backend: &str) -> Value {
     })
 }
 
+/// With analytics on (docs/analytics.md): `$sql` and `$insights` on the system,
+/// `$evaluate-measure` on `Measure`.
+pub fn add_analytics(statement: &mut Value) {
+    let Some(rest) = statement.pointer_mut("/rest/0") else {
+        return;
+    };
+    if let Some(ops) = rest.get_mut("operation").and_then(Value::as_array_mut) {
+        for name in ["sql", "insights"] {
+            ops.push(json!({"name": name,
+                "definition": format!("https://salus.dev/fhir/OperationDefinition/{name}")}));
+        }
+    }
+    let measure = rest
+        .get_mut("resource")
+        .and_then(Value::as_array_mut)
+        .and_then(|rs| rs.iter_mut().find(|r| r["type"] == "Measure"));
+    if let Some(ops) = measure
+        .and_then(|m| m.get_mut("operation"))
+        .and_then(Value::as_array_mut)
+    {
+        ops.push(json!({"name": "evaluate-measure",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"}));
+    }
+}
+
 /// The operations of one resource type: `$validate` everywhere, bulk data and
 /// `$everything` (docs/bulk.md), scheduling (docs/scheduling.md).
 fn operations(rtype: &str) -> Vec<Value> {

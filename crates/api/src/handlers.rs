@@ -156,6 +156,9 @@ pub async fn metadata(
     let base = base_url(&state, &headers);
     let mut statement =
         crate::capability::capability_statement(&base, state.service.store().backend());
+    if state.analytics.is_some() {
+        crate::capability::add_analytics(&mut statement);
+    }
     if let Some(smart) = &state.config.smart {
         // SMART App Launch 2.0 conformance.html: the oauth-uris extension and service.
         let mut uris = vec![

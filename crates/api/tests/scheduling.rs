@@ -1125,6 +1125,9 @@ async fn the_capability_statement_lists_the_operations() {
         .map(|o| o["name"].as_str().unwrap())
         .collect();
     assert!(system.contains(&"worklist"), "{system:?}");
+    // analytics is not configured here: its operations are not offered
+    assert!(!system.contains(&"sql"), "{system:?}");
+    assert!(!ops("Measure").contains(&"evaluate-measure".to_string()));
 }
 
 /// With auth on, a patient books, cancels and reads the calendar only for themself;

@@ -531,6 +531,32 @@ async fn measures_as_reports_and_groups() {
 async fn insights_dashboard_and_svg_charts() {
     let app = app(false);
     seed(&app).await;
+    // the CapabilityStatement names the analytics operations
+    let m = app
+        .call(Method::GET, "/metadata", None, None, Body::empty())
+        .await;
+    let rest = &m.json["rest"][0];
+    let system: Vec<&str> = rest["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert!(
+        system.contains(&"sql") && system.contains(&"insights"),
+        "{system:?}"
+    );
+    let measure = rest["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Measure")
+        .unwrap();
+    assert!(measure["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["name"] == "evaluate-measure"));
     let r = app
         .call(Method::GET, "/$insights", None, None, Body::empty())
         .await;
