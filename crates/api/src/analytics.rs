@@ -128,16 +128,6 @@ fn provider(
     })
 }
 
-/// The scalar value of a Parameters part (`valueString`, `valueCode`, `valueDate`, …).
-fn part_value(p: &Value) -> Option<String> {
-    p.as_object()?.iter().find_map(|(k, v)| match v {
-        Value::String(s) if k.starts_with("value") => Some(s.clone()),
-        Value::Bool(b) if k.starts_with("value") => Some(b.to_string()),
-        Value::Number(n) if k.starts_with("value") => Some(n.to_string()),
-        _ => None,
-    })
-}
-
 /// The parts of a `Parameters` body (an empty body gives none).
 fn parameters(bytes: &[u8]) -> Result<Pairs, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -145,35 +135,7 @@ fn parameters(bytes: &[u8]) -> Result<Pairs, ApiError> {
     }
     let v: Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(FhirError::invalid_at(
-            IssueCode::Structure,
-            "Parameters",
-            "the operation takes a Parameters resource",
-        )
-        .into());
-    }
-    let mut out = vec![];
-    for p in v
-        .get("parameter")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = p.get("name").and_then(Value::as_str).unwrap_or("");
-        match part_value(p) {
-            Some(val) => out.push((name.to_string(), val)),
-            None => {
-                return Err(FhirError::invalid_at(
-                    IssueCode::Value,
-                    format!("Parameters.parameter[{name}]"),
-                    "expected a value[x] of a simple type",
-                )
-                .into())
-            }
-        }
-    }
-    Ok(out)
+    crate::params::pairs(&v)
 }
 
 fn mime(headers: &HeaderMap) -> String {

@@ -16,6 +16,7 @@ pub mod error;
 mod handlers;
 pub mod hardening;
 mod negotiate;
+mod params;
 pub mod scheduling;
 mod subscriptions;
 mod views;

@@ -87,27 +87,6 @@ fn ctx(state: &AppState, headers: &HeaderMap) -> OpContext {
     OpContext::now(&crate::handlers::base_url(state, headers))
 }
 
-/// The scalar value of a Parameters part: `valueString`, `valueCode`, `valueInteger`,
-/// `valueBoolean`, `valueDateTime`, `valueInstant`, `valueUri`, or a `valueReference`'s
-/// `reference`.
-fn part_value(p: &Value) -> Option<String> {
-    p.as_object()?.iter().find_map(|(k, v)| {
-        if !k.starts_with("value") {
-            return None;
-        }
-        match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Bool(b) => Some(b.to_string()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Object(o) if k == "valueReference" => o
-                .get("reference")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        }
-    })
-}
-
 /// Query parameters plus, for a POST, the body's Parameters (an empty body is fine).
 async fn inputs(
     state: &AppState,
@@ -122,33 +101,7 @@ async fn inputs(
             let mut h = headers.clone();
             h.remove(header::CONTENT_LENGTH);
             let v = read_json(&h, Body::from(bytes), state.config.max_body_bytes, false).await?;
-            if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-                return Err(FhirError::invalid_at(
-                    IssueCode::Structure,
-                    "Parameters",
-                    "the operation takes a Parameters resource",
-                )
-                .into());
-            }
-            for p in v
-                .get("parameter")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let name = p.get("name").and_then(Value::as_str).unwrap_or("");
-                match part_value(p) {
-                    Some(val) => out.push((name.to_string(), val)),
-                    None => {
-                        return Err(FhirError::invalid_at(
-                            IssueCode::Value,
-                            format!("Parameters.parameter[{name}]"),
-                            "expected a value[x] of a simple type or a valueReference",
-                        )
-                        .into())
-                    }
-                }
-            }
+            out.extend(crate::params::pairs(&v)?);
         }
     }
     Ok(out)
