@@ -45,6 +45,14 @@ pub enum AnalyticsError {
     /// The SQL would change something: only queries are allowed.
     #[error("read-only: {0} statements are not allowed; only queries (SELECT, WITH, VALUES, EXPLAIN, SHOW, DESCRIBE) are")]
     ReadOnly(String),
+    /// The result has more rows than the caller may receive at once.
+    #[error(
+        "the result has more than {0} rows: narrow the query (WHERE, GROUP BY) or add a LIMIT"
+    )]
+    TooManyRows(usize),
+    /// The statement ran longer than allowed and was cancelled.
+    #[error("the query was cancelled after {}: narrow it or aggregate first", humantime(*.0))]
+    Timeout(std::time::Duration),
     /// Unknown measure id.
     #[error("unknown measure '{0}'")]
     UnknownMeasure(String),
@@ -112,6 +120,8 @@ impl AnalyticsError {
             | Self::Materialized { .. }
             | Self::Sql(_)
             | Self::ReadOnly(_)
+            | Self::TooManyRows(_)
+            | Self::Timeout(_)
             | Self::UnknownMeasure(_) => true,
             Self::Io { .. }
             | Self::Corrupt { .. }
@@ -133,6 +143,14 @@ impl AnalyticsError {
             path: path.as_ref().display().to_string(),
             message: message.into(),
         }
+    }
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
     }
 }
 

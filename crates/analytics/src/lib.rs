@@ -52,7 +52,7 @@ pub use materialize::{
 };
 pub use output::{to_table_string, write_output, OutputFormat};
 pub use schema::{view_batches, view_schema, BatchBuilder, ValueKind};
-pub use sql::{Analytics, QueryResult, TableInfo, TableSource};
+pub use sql::{Analytics, QueryLimits, QueryResult, TableInfo, TableSource};
 pub use table::MaterializedTable;
 
 /// Re-exports of the Arrow and DataFusion versions this crate is built with, so callers

@@ -27,6 +27,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Bounds on one statement (see [`Analytics::query_limited`]); `None`: unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// The most rows a result may have.
+    pub max_rows: Option<usize>,
+    /// The longest a statement may run.
+    pub timeout: Option<std::time::Duration>,
+}
+
 /// Where a registered table's rows live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableSource {
@@ -194,13 +203,37 @@ impl Analytics {
 
     /// Run one read-only SQL statement; the result keeps its schema.
     pub async fn query_result(&self, sql: &str) -> Result<QueryResult> {
-        let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await?;
-        check_read_only(&plan)?;
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        Ok(QueryResult { schema, batches })
+        self.query_limited(sql, QueryLimits::default()).await
+    }
+
+    /// Run one read-only SQL statement within `limits`: a result longer than
+    /// `max_rows` is refused with [`AnalyticsError::TooManyRows`] (the engine stops after
+    /// the first row over the limit, so it never builds the rest), and a statement still
+    /// running after `timeout` is cancelled with [`AnalyticsError::Timeout`].
+    pub async fn query_limited(&self, sql: &str, limits: QueryLimits) -> Result<QueryResult> {
+        let run = async {
+            let state = self.ctx.state();
+            let plan = state.create_logical_plan(sql).await?;
+            check_read_only(&plan)?;
+            let mut df = self.ctx.execute_logical_plan(plan).await?;
+            if let Some(max) = limits.max_rows {
+                df = df.limit(0, Some(max.saturating_add(1)))?;
+            }
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            let result = QueryResult { schema, batches };
+            match limits.max_rows {
+                Some(max) if result.num_rows() > max => Err(AnalyticsError::TooManyRows(max)),
+                _ => Ok(result),
+            }
+        };
+        match limits.timeout {
+            // Dropping the unfinished future cancels the engine's work.
+            Some(t) => tokio::time::timeout(t, run)
+                .await
+                .map_err(|_| AnalyticsError::Timeout(t))?,
+            None => run.await,
+        }
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use common::{sorted_rows, strings};
 use salus_analytics::{
     write_output, Analytics, AnalyticsError, MaterializeOptions, Materializer, OutputFormat,
-    TableSource,
+    QueryLimits, TableSource,
 };
 use serde_json::{json, Value};
 
@@ -314,6 +314,52 @@ async fn bad_sql_and_unknown_tables_are_user_errors() {
         let e = sql.query(s).await.unwrap_err();
         assert!(e.is_user_error(), "{s}: {e:?}");
     }
+}
+
+#[tokio::test]
+async fn limits_refuse_long_results_and_cancel_slow_statements() {
+    let sql = Analytics::in_memory();
+    let rows = |max| QueryLimits {
+        max_rows: Some(max),
+        timeout: None,
+    };
+    let five = "SELECT value FROM generate_series(1, 5)";
+    assert_eq!(
+        sql.query_limited(five, rows(5)).await.unwrap().num_rows(),
+        5
+    );
+    let e = sql.query_limited(five, rows(4)).await.unwrap_err();
+    assert!(matches!(e, AnalyticsError::TooManyRows(4)), "{e:?}");
+    assert!(e.is_user_error());
+    assert!(e.to_string().contains("more than 4 rows"), "{e}");
+    // the limit counts the answer, not the rows read to compute it
+    let big = "SELECT count(*) AS n FROM generate_series(1, 100000)";
+    assert_eq!(sql.query_limited(big, rows(1)).await.unwrap().num_rows(), 1);
+    // ORDER BY with a limit still gives the smallest rows first
+    let r = sql
+        .query_limited(
+            "SELECT value FROM generate_series(1, 3) ORDER BY value DESC LIMIT 2",
+            rows(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.num_rows(), 2);
+    // a statement that would run for hours is cancelled
+    let slow = QueryLimits {
+        max_rows: None,
+        timeout: Some(std::time::Duration::from_millis(300)),
+    };
+    let e = sql
+        .query_limited(
+            "SELECT count(*) FROM generate_series(1, 100000000000)",
+            slow,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AnalyticsError::Timeout(_)), "{e:?}");
+    assert!(e.to_string().contains("300 ms"), "{e}");
+    // the session is still usable afterwards
+    assert_eq!(sql.query_limited(five, slow).await.unwrap().num_rows(), 5);
 }
 
 #[test]

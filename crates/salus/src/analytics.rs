@@ -18,11 +18,12 @@ use anyhow::{bail, Context, Result};
 use salus_analytics::measures::{self, MeasurePeriod, ReportType};
 use salus_analytics::{
     view_hash, write_output, Analytics, AnalyticsError, Change, MaterializeOptions, Materializer,
-    OutputFormat, QueryResult,
+    OutputFormat, QueryLimits, QueryResult,
 };
 use salus_api::analytics::{
     AnalyticsProvider, MeasureOutcome, MeasureRequest, ReportKind, SqlFormat,
 };
+use salus_fhir::{Issue, IssueCode};
 use salus_service::FhirError;
 use salus_store::{SnapshotQuery, Store, VersionRecord};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,11 @@ pub struct AnalyticsSection {
     /// Write the tables even though `[encryption]` is on. The Parquet files are NOT
     /// encrypted: without this, analytics stays off on an encrypted server.
     pub allow_unencrypted: bool,
+    /// The most rows one `$sql` answer may have (a longer one is refused, not cut);
+    /// 0: no limit.
+    pub max_rows: usize,
+    /// Seconds one `$sql` statement may run before it is cancelled; 0: no limit.
+    pub query_timeout_s: u64,
 }
 
 impl Default for AnalyticsSection {
@@ -58,6 +64,8 @@ impl Default for AnalyticsSection {
             refresh_on_query: true,
             full_rebuild_changes: 50_000,
             allow_unencrypted: false,
+            max_rows: 100_000,
+            query_timeout_s: 60,
         }
     }
 }
@@ -164,6 +172,12 @@ fn output_format(f: SqlFormat) -> OutputFormat {
 pub fn fhir_error(e: AnalyticsError) -> FhirError {
     match e {
         AnalyticsError::UnknownMeasure(id) => FhirError::NotFound(format!("Measure/{id}")),
+        e @ AnalyticsError::TooManyRows(_) => {
+            FhirError::Invalid(vec![Issue::error(IssueCode::TooCostly, e.to_string())])
+        }
+        e @ AnalyticsError::Timeout(_) => {
+            FhirError::Invalid(vec![Issue::error(IssueCode::Timeout, e.to_string())])
+        }
         e if e.is_user_error() => FhirError::invalid(e.to_string()),
         e => {
             tracing::error!(error = %e, "analytics failed");
@@ -515,6 +529,26 @@ impl StoreAnalytics {
         self.session()?.query_result(sql).await
     }
 
+    /// The bounds `[analytics]` sets on a caller's statement (`$sql`).
+    pub fn caller_limits(&self) -> QueryLimits {
+        QueryLimits {
+            max_rows: (self.settings.max_rows > 0).then_some(self.settings.max_rows),
+            timeout: (self.settings.query_timeout_s > 0)
+                .then(|| std::time::Duration::from_secs(self.settings.query_timeout_s)),
+        }
+    }
+
+    /// Run a caller's read-only statement within [`Self::caller_limits`].
+    pub async fn caller_query(&self, sql: &str) -> Result<QueryResult, FhirError> {
+        self.fresh().await?;
+        let _r = self.lock.read().await;
+        let session = self.session().map_err(fhir_error)?;
+        session
+            .query_limited(sql, self.caller_limits())
+            .await
+            .map_err(fhir_error)
+    }
+
     /// Evaluate a shipped measure for a period.
     pub async fn measure(
         &self,
@@ -537,7 +571,7 @@ impl StoreAnalytics {
 #[async_trait::async_trait]
 impl AnalyticsProvider for StoreAnalytics {
     async fn sql(&self, query: &str, format: SqlFormat) -> Result<Vec<u8>, FhirError> {
-        let r = self.query(query).await?;
+        let r = self.caller_query(query).await?;
         let mut out = Vec::new();
         write_output(&r.schema, &r.batches, output_format(format), &mut out).map_err(fhir_error)?;
         Ok(out)

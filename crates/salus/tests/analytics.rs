@@ -71,11 +71,16 @@ fn tokens() -> StaticTokens {
 }
 
 fn app(secured: bool) -> App {
+    app_with(secured, |_| {})
+}
+
+fn app_with(secured: bool, configure: impl FnOnce(&mut Config)) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
+    let mut config = Config {
         data_dir: dir.path().join("data"),
         ..Config::default()
     };
+    configure(&mut config);
     let store = salus::serve::open_store(&config).unwrap();
     let svc = salus::serve::service(&config, store);
     let analytics = salus::analytics::open(&config, svc.unguarded_store().clone()).unwrap();
@@ -372,6 +377,38 @@ async fn sql_is_read_only_and_bad_input_is_an_outcome() {
         app.sql("SELECT count(*) AS n FROM mx_patient").await.json,
         json!([{"n": 3}])
     );
+}
+
+#[tokio::test]
+async fn sql_answers_are_bounded_in_rows_and_time() {
+    let app = app_with(false, |c| {
+        c.analytics.max_rows = 2;
+        c.analytics.query_timeout_s = 1;
+    });
+    seed(&app).await;
+    // three patients, two allowed: refused whole, not cut short
+    let r = app.sql("SELECT id FROM mx_patient").await;
+    let msg = r.outcome(400);
+    assert!(msg.contains("more than 2 rows"), "{msg}");
+    assert_eq!(r.json["issue"][0]["code"], "too-costly", "{}", r.text());
+    let r = app
+        .sql("SELECT id FROM mx_patient ORDER BY id LIMIT 2")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json.as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        app.sql("SELECT count(*) AS n FROM mx_patient").await.json,
+        json!([{"n": 3}])
+    );
+    // a statement that would run for hours is cancelled after query_timeout_s
+    let r = app
+        .sql("SELECT count(*) FROM generate_series(1, 100000000000)")
+        .await;
+    let msg = r.outcome(400);
+    assert!(msg.contains("cancelled after 1 s"), "{msg}");
+    assert_eq!(r.json["issue"][0]["code"], "timeout", "{}", r.text());
+    // and the server answers the next one
+    assert_eq!(app.sql("SELECT 1 AS one").await.json, json!([{"one": 1}]));
 }
 
 #[tokio::test]
