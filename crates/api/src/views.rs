@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::negotiate::read_json;
+use crate::params::part_value;
 use crate::AppState;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -38,22 +39,6 @@ fn content_type(f: Format) -> &'static str {
         Format::Ndjson => "application/x-ndjson",
         Format::Json => "application/json",
     }
-}
-
-/// The value of a Parameters part (`valueString`, `valueCode`, `valueInteger`, …).
-fn part_value(p: &Value) -> Option<String> {
-    let obj = p.as_object()?;
-    obj.iter()
-        .find(|(k, _)| k.starts_with("value"))
-        .and_then(|(k, v)| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Object(o) if k == "valueReference" => o
-                .get("reference")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        })
 }
 
 /// What a `$run` request asks for.
