@@ -18,6 +18,7 @@ use crate::content::{parse_json_text, parse_time, problem, wrapper, Measurement}
 use crate::error::{MappingError, TemplateError, TemplateProblem};
 use serde_json::{json, Map, Number, Value};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime, Time};
@@ -873,41 +874,70 @@ fn decimal(text: &str) -> Option<Number> {
         .or_else(|| Number::from_f64(f))
 }
 
-fn sampled_data(period_ms: u32, unit: Option<&str>, slots: &[String]) -> Value {
+fn sampled_data(period_ms: u32, unit: Option<&str>, slots: &[Cow<'_, str>]) -> Value {
     let mut origin = Map::new();
     origin.insert("value".into(), json!(0));
     if let Some(u) = unit {
         origin.insert("unit".into(), json!(u));
     }
+    let mut data = String::with_capacity(slots.iter().map(|s| s.len() + 1).sum());
+    for (i, s) in slots.iter().enumerate() {
+        if i > 0 {
+            data.push(' ');
+        }
+        data.push_str(s);
+    }
     json!({
         "origin": Value::Object(origin),
         "period": period_ms,
         "dimensions": 1,
-        "data": slots.join(" "),
+        "data": data,
     })
+}
+
+/// A sample's text as [`decimal`] would write it back, without parsing: true for a plain
+/// JSON number without exponent (`-12.50`, `0`, `72`), which [`decimal`] keeps as it is.
+/// Anything else (`+5`, `.5`, `007`, `1e3`, over 64 bytes) takes the full parse.
+fn canonical_decimal(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    if digits.is_empty() || b.len() > 64 {
+        return false;
+    }
+    let (int, frac) = match digits.iter().position(|&c| c == b'.') {
+        Some(i) => (&digits[..i], Some(&digits[i + 1..])),
+        None => (digits, None),
+    };
+    let all_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    all_digits(int) && (int.len() == 1 || int[0] != b'0') && frac.is_none_or(all_digits)
 }
 
 /// Slot values from `start` to `end` every `period_ms`: existing samples (time, text) first,
 /// then new ones, later ones in a slot replacing earlier ones.
-fn sample_slots(
+fn sample_slots<'a>(
     start: OffsetDateTime,
     end: OffsetDateTime,
     period_ms: u32,
-    existing: &[(OffsetDateTime, String)],
-    new: &[(OffsetDateTime, &str)],
-) -> Result<Vec<String>, String> {
+    existing: &[(OffsetDateTime, &'a str)],
+    new: &[(OffsetDateTime, &'a str)],
+) -> Result<Vec<Cow<'a, str>>, String> {
     let period = i128::from(period_ms.max(1));
     let span = (end - start).whole_milliseconds().max(0);
     let count = span / period + 1;
     if count > i128::from(MAX_SAMPLES) {
         return Err(format!("{count} samples exceed the limit of {MAX_SAMPLES}"));
     }
-    let mut slots = vec!["E".to_string(); count as usize];
-    let mut put = |t: OffsetDateTime, v: &str| -> Result<(), String> {
-        let d = decimal(v).ok_or_else(|| format!("'{v}' is not a number"))?;
+    let mut slots: Vec<Cow<'a, str>> = vec![Cow::Borrowed("E"); count as usize];
+    let mut put = |t: OffsetDateTime, v: &'a str| -> Result<(), String> {
+        let text = if canonical_decimal(v) {
+            Cow::Borrowed(v)
+        } else {
+            let d = decimal(v).ok_or_else(|| format!("'{v}' is not a number"))?;
+            Cow::Owned(d.to_string())
+        };
         let idx = (t - start).whole_milliseconds() / period;
         if let Some(slot) = usize::try_from(idx).ok().and_then(|i| slots.get_mut(i)) {
-            *slot = d.to_string();
+            *slot = text;
         }
         Ok(())
     };
@@ -920,28 +950,27 @@ fn sample_slots(
     Ok(slots)
 }
 
+/// A sample's time and its text as stored.
+type Sample<'a> = (OffsetDateTime, &'a str);
+
 /// Reads the samples of an existing SampledData back as (time, text).
-fn existing_samples(
-    sd: &Value,
-    start: OffsetDateTime,
-) -> Result<(u32, Vec<(OffsetDateTime, String)>), String> {
+fn existing_samples(sd: &Value, start: OffsetDateTime) -> Result<(u32, Vec<Sample<'_>>), String> {
     let period = sd
         .get("period")
         .and_then(Value::as_f64)
         .filter(|p| *p >= 1.0 && *p <= f64::from(u32::MAX))
         .ok_or("SampledData.period missing or not a positive number")? as u32;
     let data = sd.get("data").and_then(Value::as_str).unwrap_or("");
-    let tokens: Vec<&str> = data.split_whitespace().collect();
-    if tokens.len() as i64 > MAX_SAMPLES {
-        return Err(format!("SampledData holds more than {MAX_SAMPLES} samples"));
-    }
     let mut out = Vec::new();
-    for (i, tok) in tokens.into_iter().enumerate() {
+    for (i, tok) in data.split_whitespace().enumerate() {
+        if i as i64 >= MAX_SAMPLES {
+            return Err(format!("SampledData holds more than {MAX_SAMPLES} samples"));
+        }
         if matches!(tok, "E" | "U" | "L") {
             continue;
         }
         if let Some(t) = start.checked_add(Duration::milliseconds(i as i64 * i64::from(period))) {
-            out.push((t, tok.to_string()));
+            out.push((t, tok));
         }
     }
     Ok((period, out))
@@ -1024,10 +1053,8 @@ pub fn merge(existing: &Value, group: &ObservationGroup) -> Result<Value, Mappin
                     .and_then(Value::as_str)
                     .map(str::to_string)
                     .or_else(|| unit.clone());
-                target.insert(
-                    "valueSampledData".into(),
-                    sampled_data(period, unit.as_deref(), &slots),
-                );
+                let value = sampled_data(period, unit.as_deref(), &slots);
+                target.insert("valueSampledData".into(), value);
             }
             _ => {
                 if let Some((k, v)) = group.value_json(mapping)? {
@@ -1078,6 +1105,31 @@ pub fn merge(existing: &Value, group: &ObservationGroup) -> Result<Value, Mappin
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn samples_kept_as_written_are_the_ones_decimal_would_write() {
+        // The shortcut in `sample_slots` must give what the full parse gives.
+        for t in [
+            "0",
+            "72",
+            "-5",
+            "72.50",
+            "0.001",
+            "-0.0",
+            "123456789012345678901234567890",
+        ] {
+            assert!(canonical_decimal(t), "{t}");
+            assert_eq!(decimal(t).map(|d| d.to_string()).as_deref(), Some(t), "{t}");
+        }
+        for t in [
+            "", "-", "+5", ".5", "5.", "007", "1e3", "1E-2", "1.2.3", "abc", "NaN", "- 1",
+        ] {
+            assert!(!canonical_decimal(t), "{t}");
+        }
+        // Those still go through the parse: normalised or refused as before.
+        assert_eq!(decimal("+5").map(|d| d.to_string()).as_deref(), Some("5.0"));
+        assert!(decimal("abc").is_none());
+    }
 
     fn hr_templates() -> FhirTemplates {
         FhirTemplates::from_value(&json!({"templateType": "CollectionFhir", "template": [
