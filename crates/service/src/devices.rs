@@ -20,7 +20,7 @@ use salus_store::{Method, NewVersion, StoreTx};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Salus's own code system (dead letters and other server-made records).
 pub const SALUS_CODES: &str = "https://salus.health/fhir/CodeSystem/salus";
@@ -259,6 +259,12 @@ impl FhirService {
         let all: Vec<usize> = (0..messages.len()).collect();
         report.measurements = measurements.len();
 
+        // The rules' turn before the store transaction (the order every path takes), held
+        // until the batch is committed: the rule state and the stored parts change together.
+        let _turn = match &ingest.rules {
+            Some(_) => Some(ingest.rule_turn.lock().await),
+            None => None,
+        };
         let mut tx = self.store().begin().await?;
         // Device → Patient, looked up in the transaction (Lookup mode).
         let config = &ingest.pipeline.config;
@@ -272,11 +278,11 @@ impl FhirService {
                 });
             }
         }
-        for (id, r) in tx_by_identifier(tx.as_mut(), "Device", &wanted, self.limits()).await? {
+        for (id, found) in tx_by_identifier(tx.as_mut(), "Device", &wanted, self.limits()).await? {
             let record = (|| {
-                let body: Value = serde_json::from_str(r.body.as_deref()?).ok()?;
+                let body = found.body.as_ref()?;
                 Some(DeviceRecord {
-                    device_reference: format!("Device/{}", r.id),
+                    device_reference: format!("Device/{}", found.record.id),
                     patient_reference: body
                         .pointer("/patient/reference")
                         .and_then(Value::as_str)
@@ -316,9 +322,8 @@ impl FhirService {
         let mut entries = plan.identity_entries.clone();
         for o in &plan.observations {
             let found = stored.get(&o.identifier);
-            let existing: Option<Value> =
-                found.and_then(|r| serde_json::from_str(r.body.as_deref()?).ok());
-            let new = match o.resource(existing.as_ref()) {
+            let existing: Option<&Value> = found.and_then(|f| f.body.as_ref());
+            let new = match o.resource(existing) {
                 Ok(v) => v,
                 Err(e) => {
                     let idx = by_device.get(&o.group.device_id).unwrap_or(&all);
@@ -327,7 +332,7 @@ impl FhirService {
                     continue;
                 }
             };
-            if existing.as_ref().is_some_and(|e| same_content(e, &new)) {
+            if existing.is_some_and(|e| same_content(e, &new)) {
                 report.observations_unchanged += 1;
                 continue;
             }
@@ -335,10 +340,11 @@ impl FhirService {
             entries.push(match found {
                 // Found by its identifier in this transaction (under that identifier's
                 // lock): updated by id, without searching for it again.
-                Some(r) => {
+                Some(f) => {
+                    let id = &f.record.id;
                     let mut new = new;
-                    new["id"] = json!(r.id);
-                    json!({"resource": new, "request": {"method": "PUT", "url": format!("Observation/{}", r.id)}})
+                    new["id"] = json!(id);
+                    json!({"resource": new, "request": {"method": "PUT", "url": format!("Observation/{id}")}})
                 }
                 None => o.entry(new),
             });
@@ -355,19 +361,15 @@ impl FhirService {
         let n_entries = bundle["entry"].as_array().map_or(0, Vec::len);
         if n_entries > 0 {
             self.transaction_into(tx.as_mut(), bundle).await?;
-            tx.commit().await?;
-        } else {
-            // end it before the rules' own transaction (SQLite has one writer)
-            drop(tx);
         }
-        // Alert rules, after the readings are stored. Their state and the alerts are
-        // written in one transaction: if it fails (or the process dies first) the batch
-        // is not acknowledged, its redelivery finds the readings already stored and
-        // evaluates the rules again from the stored state, so each alert is written once.
+        // Alert rules, on the readings just written, in the same store transaction: the
+        // readings, the alerts and the rule state commit together (one commit per batch).
+        // If anything fails (or the process dies first) none of it is stored and the batch
+        // is not acknowledged; its redelivery is evaluated afresh from the stored state, so
+        // each alert is written once.
+        let mut touched = BTreeSet::new();
         if let Some(engine) = &ingest.rules {
-            let _turn = ingest.rule_turn.lock().await;
             let now = time::OffsetDateTime::now_utc();
-            let mut touched = BTreeSet::new();
             let alerts = {
                 let mut engine = engine.lock().expect("rule engine");
                 let mut alerts = vec![];
@@ -386,10 +388,27 @@ impl FhirService {
                 }
                 alerts
             };
-            report.alert_resources += self
-                .write_alerts(ingest, &alerts, &devices, &touched)
-                .await?;
+            let written = match self
+                .write_alerts_into(tx.as_mut(), ingest, &alerts, &devices, &touched)
+                .await
+            {
+                Ok(n) => tx.commit().await.map(|()| n).map_err(Into::into),
+                Err(e) => {
+                    drop(tx); // rolled back before the state is read again
+                    Err(e)
+                }
+            };
+            match written {
+                Ok(n) => report.alert_resources += n,
+                Err(e) => {
+                    self.reload_rule_state(ingest, &touched).await;
+                    return Err(e);
+                }
+            }
+        } else if n_entries > 0 {
+            tx.commit().await?;
         }
+        // (nothing written: the transaction ends unused)
         ingest.counters.add(&report);
         Ok(report)
     }
@@ -525,17 +544,25 @@ impl FhirService {
         devices: &HashMap<String, Option<DeviceRecord>>,
         touched: &BTreeSet<u32>,
     ) -> Result<usize> {
-        let written = self
-            .write_alerts_once(ingest, alerts, devices, touched)
-            .await;
+        let written = async {
+            let mut tx = self.store().begin().await?;
+            let n = self
+                .write_alerts_into(tx.as_mut(), ingest, alerts, devices, touched)
+                .await?;
+            tx.commit().await?;
+            Ok(n)
+        }
+        .await;
         if written.is_err() {
             self.reload_rule_state(ingest, touched).await;
         }
         written
     }
 
-    async fn write_alerts_once(
+    /// The writes of [`FhirService::write_alerts`], into `tx` (not committed).
+    async fn write_alerts_into(
         &self,
+        tx: &mut dyn StoreTx,
         ingest: &DeviceIngest,
         alerts: &[salus_devices::Alert],
         devices: &HashMap<String, Option<DeviceRecord>>,
@@ -608,15 +635,13 @@ impl FhirService {
             }
             rounds[round].push(e);
         }
-        let mut tx = self.store().begin().await?;
         for entries in rounds {
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-            self.transaction_into(tx.as_mut(), bundle).await?;
+            self.transaction_into(tx, bundle).await?;
         }
         for (k, part) in parts {
-            write_rule_state(tx.as_mut(), k, &part).await?;
+            write_rule_state(tx, k, &part).await?;
         }
-        tx.commit().await?;
         Ok(n)
     }
 }
@@ -626,15 +651,15 @@ impl FhirService {
 /// locked as a conditional operation on it would be (`tx_match`), so writers of the
 /// same identifier in other transactions or processes still go one after the other.
 /// Identifiers with characters that search syntax escapes (`,` `|` `$` `\\`) are looked up
-/// one by one. The first match wins, as with `tx_match`.
+/// one by one. The first match wins, as with `tx_match`. Each body is parsed once.
 async fn tx_by_identifier(
     tx: &mut dyn StoreTx,
     rtype: &str,
     ids: &[Identifier],
     limits: &crate::service::Limits,
-) -> Result<HashMap<Identifier, salus_store::VersionRecord>> {
+) -> Result<HashMap<Identifier, Arc<Found>>> {
     let special = |s: &str| s.contains([',', '|', '$', '\\']);
-    let mut out: HashMap<Identifier, salus_store::VersionRecord> = HashMap::new();
+    let mut out: HashMap<Identifier, Arc<Found>> = HashMap::new();
     let (plain, escaped): (Vec<&Identifier>, Vec<&Identifier>) = ids
         .iter()
         .partition(|i| !special(&i.system) && !special(&i.value));
@@ -642,7 +667,7 @@ async fn tx_by_identifier(
         let url = id.search_url(rtype);
         let query = url.split_once('?').map_or("", |(_, q)| q);
         if let Some(r) = tx_match(tx, rtype, query, limits).await?.into_iter().next() {
-            out.insert(id.clone(), r);
+            out.insert(id.clone(), Arc::new(Found::new(r)));
         }
     }
     for chunk in plain.chunks(100) {
@@ -669,10 +694,8 @@ async fn tx_by_identifier(
         plan.query.with_total = false;
         let wanted: std::collections::HashSet<&Identifier> = chunk.iter().copied().collect();
         for r in tx.search(&plan.query).await?.entries {
-            let Some(body) = r.body.as_deref() else {
-                continue;
-            };
-            let Ok(body) = serde_json::from_str::<Value>(body) else {
+            let found = Arc::new(Found::new(r));
+            let Some(body) = &found.body else {
                 continue;
             };
             for i in body["identifier"].as_array().into_iter().flatten() {
@@ -681,12 +704,29 @@ async fn tx_by_identifier(
                     value: i["value"].as_str().unwrap_or("").to_string(),
                 };
                 if wanted.contains(&id) && !out.contains_key(&id) {
-                    out.insert(id, r.clone());
+                    out.insert(id, found.clone());
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// A current version found by [`tx_by_identifier`], with its body parsed (`None`: no
+/// body or not JSON).
+struct Found {
+    record: salus_store::VersionRecord,
+    body: Option<Value>,
+}
+
+impl Found {
+    fn new(record: salus_store::VersionRecord) -> Self {
+        let body = record
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok());
+        Found { record, body }
+    }
 }
 
 fn decode_rule_state(body: Option<&str>) -> std::result::Result<EngineState, String> {
