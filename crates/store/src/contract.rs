@@ -6,8 +6,8 @@
 
 use crate::{
     Clause, ContainedIndex, ContainedMode, ContainedType, FullText, HistoryQuery, HistoryScope,
-    IndexKind, IndexRow, Method, NewVersion, Page, Prefix, QuantityMatch, RangeMatch, Result,
-    SearchPage, SearchQuery, SnapshotQuery, SortField, SortKey, Store, StoreError, StoreTx,
+    IndexKind, IndexRow, Method, NewVersion, Page, Prefix, QuantityMatch, RangeMatch, RefMatch,
+    Result, SearchPage, SearchQuery, SnapshotQuery, SortField, SortKey, Store, StoreError, StoreTx,
     StringMatch, StringMode, TextField, TextQuery, TokenMatch, UriMatch, UriMode,
 };
 use std::sync::Arc;
@@ -54,6 +54,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     deletion_keeps_history(store.clone()).await;
     history_pages_newest_first(store.clone()).await;
     token_search_and_index_replacement(store.clone()).await;
+    updates_replace_only_changed_rows(store.clone()).await;
     transaction_sees_its_own_writes(store.clone()).await;
     concurrent_writers_lose_no_update(store.clone()).await;
     counts_exclude_deleted(store.clone()).await;
@@ -1682,6 +1683,126 @@ pub async fn token_search_and_index_replacement(store: Arc<dyn Store>) {
     q.with_total = true;
     let p = store.search(&q).await.unwrap();
     assert_eq!((p.entries.len(), p.total, p.more), (1, Some(2), true));
+}
+
+/// An update whose rows partly repeat the stored ones (as most updates' do): afterwards
+/// exactly the new rows are found, of every kind, duplicates included once.
+pub async fn updates_replace_only_changed_rows(store: Arc<dyn Store>) {
+    let num = |v: f64| IndexRow::Number {
+        param: "n".into(),
+        value: v,
+        system: None,
+        code: Some("mg".into()),
+    };
+    let uri = |u: &str| IndexRow::Uri {
+        param: "url".into(),
+        uri: u.into(),
+    };
+    let first = vec![
+        token("code", Some("l"), "hr"),
+        token("status", None, "preliminary"),
+        refrow("subject", "UpdP", "p1"),
+        date("date", 100, 199),
+        num(5.5),
+        uri("http://x.org/a"),
+    ];
+    put_all(
+        &store,
+        vec![("UpdA", "1", first.clone()), ("UpdA", "2", first)],
+    )
+    .await;
+    // 1 keeps code, subject and number, changes status, date and uri, gains a token and
+    // repeats one row; 2 is untouched.
+    put_all(
+        &store,
+        vec![(
+            "UpdA",
+            "1",
+            vec![
+                token("code", Some("l"), "hr"),
+                token("status", None, "final"),
+                token("status", None, "final"),
+                token("category", None, "vital-signs"),
+                refrow("subject", "UpdP", "p1"),
+                date("date", 100, 299),
+                num(5.5),
+                uri("http://x.org/b"),
+            ],
+        )],
+    )
+    .await;
+    let tok = |param: &str, code: &str| {
+        query(
+            "UpdA",
+            vec![Clause::Token {
+                param: param.into(),
+                any: vec![TokenMatch {
+                    system: None,
+                    code: Some(code.into()),
+                }],
+            }],
+        )
+    };
+    assert_eq!(ids(&store, tok("code", "hr")).await, vec!["1", "2"]);
+    assert_eq!(ids(&store, tok("status", "final")).await, vec!["1"]);
+    assert_eq!(ids(&store, tok("status", "preliminary")).await, vec!["2"]);
+    assert_eq!(ids(&store, tok("category", "vital-signs")).await, vec!["1"]);
+    let subject = query(
+        "UpdA",
+        vec![Clause::Reference {
+            param: "subject".into(),
+            any: vec![RefMatch {
+                target_type: Some("UpdP".into()),
+                target_id: "p1".into(),
+                version: None,
+            }],
+        }],
+    );
+    assert_eq!(ids(&store, subject).await, vec!["1", "2"]);
+    let dated = |lo: i64, hi: i64| {
+        query(
+            "UpdA",
+            vec![Clause::Date {
+                param: "date".into(),
+                any: vec![range(Prefix::Eq, lo, hi)],
+            }],
+        )
+    };
+    assert_eq!(ids(&store, dated(100, 199)).await, vec!["2"]);
+    assert_eq!(ids(&store, dated(100, 299)).await, vec!["1", "2"]);
+    let n = query(
+        "UpdA",
+        vec![Clause::Number {
+            param: "n".into(),
+            any: vec![RangeMatch {
+                prefix: Prefix::Eq,
+                low: 5.0,
+                high: 6.0,
+            }],
+        }],
+    );
+    assert_eq!(ids(&store, n).await, vec!["1", "2"]);
+    let u = |v: &str| {
+        query(
+            "UpdA",
+            vec![Clause::Uri {
+                param: "url".into(),
+                any: vec![UriMatch {
+                    value: v.into(),
+                    mode: UriMode::Exact,
+                }],
+            }],
+        )
+    };
+    assert_eq!(ids(&store, u("http://x.org/a")).await, vec!["2"]);
+    assert_eq!(ids(&store, u("http://x.org/b")).await, vec!["1"]);
+    // An update back to no rows at all leaves none.
+    put_all(&store, vec![("UpdA", "1", vec![])]).await;
+    assert_eq!(ids(&store, tok("code", "hr")).await, vec!["2"]);
+    assert_eq!(
+        ids(&store, tok("category", "vital-signs")).await,
+        Vec::<String>::new()
+    );
 }
 
 pub async fn transaction_sees_its_own_writes(store: Arc<dyn Store>) {

@@ -927,7 +927,22 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
                 w.last_updated
             ])
             .map_err(db_err)?;
-            delete_index(conn, rid)?;
+            match &w.body {
+                // An update: only the rows that differ change (most stay: the same codes,
+                // subject, identifiers).
+                Some(_) => {
+                    replace_index(
+                        conn,
+                        &w.rtype,
+                        rid,
+                        &w.index,
+                        w.fulltext.as_ref(),
+                        &w.contained,
+                    )?;
+                    return Ok(());
+                }
+                None => delete_index(conn, rid)?,
+            }
             rid
         }
         None => {
@@ -977,8 +992,115 @@ fn reindex_sync(
     let Some(rid) = rid else {
         return Ok(()); // changed since: the newer version was indexed when written
     };
-    delete_index(conn, rid)?;
-    insert_index(conn, rtype, rid, index, fulltext.as_ref())?;
+    replace_index(conn, rtype, rid, index, fulltext.as_ref(), contained)
+}
+
+/// An index row as the columns of its table between `rtype` and `rid`, as stored (absent
+/// parts `''`), with the table's position in [`INDEX_TABLES`].
+fn stored_key(row: &IndexRow) -> (usize, Vec<Sql>) {
+    let t = |s: &str| Sql::Text(s.to_string());
+    let o = |s: &Option<String>| Sql::Text(s.clone().unwrap_or_default());
+    match row {
+        IndexRow::Token {
+            param,
+            system,
+            code,
+        } => (0, vec![t(param), t(code), o(system)]),
+        IndexRow::String {
+            param,
+            normalized,
+            exact,
+        } => (1, vec![t(param), t(normalized), t(exact)]),
+        IndexRow::Reference {
+            param,
+            target_type,
+            target_id,
+            version,
+        } => (2, vec![t(param), t(target_id), o(target_type), o(version)]),
+        IndexRow::Date { param, low, high } => {
+            (3, vec![t(param), Sql::Integer(*low), Sql::Integer(*high)])
+        }
+        IndexRow::Number {
+            param,
+            value,
+            system,
+            code,
+        } => (4, vec![t(param), Sql::Real(*value), o(system), o(code)]),
+        IndexRow::Uri { param, uri } => (5, vec![t(param), t(uri)]),
+    }
+}
+
+/// The key columns of each of [`INDEX_TABLES`] (between `rtype` and `rid`).
+const INDEX_KEY_COLUMNS: [&[&str]; 6] = [
+    &["param", "code", "system"],
+    &["param", "normalized", "exact"],
+    &["param", "target_id", "target_type", "version"],
+    &["param", "low", "high"],
+    &["param", "value", "system", "code"],
+    &["param", "uri"],
+];
+
+/// Make resource `rid`'s index rows `rows` (and its full text and contained resources
+/// those given): the stored rows that are not among `rows` are deleted and only the
+/// missing ones inserted, so an update that leaves most search values as they were
+/// writes little. The outcome is the same as [`delete_index`] then [`insert_index`].
+fn replace_index(
+    conn: &Connection,
+    rtype: &str,
+    rid: i64,
+    rows: &[IndexRow],
+    fulltext: Option<&FullText>,
+    contained: &[ContainedIndex],
+) -> Result<()> {
+    let mut wanted: [Vec<Vec<Sql>>; 6] = Default::default();
+    for r in rows {
+        let (table, key) = stored_key(r);
+        wanted[table].push(key);
+    }
+    let mut missing: Vec<&IndexRow> = vec![];
+    for (table, name) in INDEX_TABLES.iter().enumerate() {
+        let cols = INDEX_KEY_COLUMNS[table];
+        let stored: Vec<Vec<Sql>> = conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM {name} WHERE rid = ?1",
+                cols.join(", ")
+            ))
+            .map_err(db_err)?
+            .query_map(params![rid], |r| {
+                (0..cols.len()).map(|i| r.get::<_, Sql>(i)).collect()
+            })
+            .map_err(db_err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db_err)?;
+        for old in stored.iter().filter(|k| !wanted[table].contains(k)) {
+            let cond: Vec<String> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", i + 3))
+                .collect();
+            let mut args: Vec<Sql> = vec![Sql::Text(rtype.to_string()), Sql::Integer(rid)];
+            args.extend(old.iter().cloned());
+            conn.prepare_cached(&format!(
+                "DELETE FROM {name} WHERE rtype = ?1 AND rid = ?2 AND {}",
+                cond.join(" AND ")
+            ))
+            .map_err(db_err)?
+            .execute(rusqlite::params_from_iter(args))
+            .map_err(db_err)?;
+        }
+        missing.extend(rows.iter().filter(|r| {
+            let (t, key) = stored_key(r);
+            t == table && !stored.contains(&key)
+        }));
+    }
+    // Full text and contained resources: replaced whole.
+    conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
+        .map_err(db_err)?
+        .execute(params![rid])
+        .map_err(db_err)?;
+    delete_contained(conn, rid)?;
+    let missing: Vec<IndexRow> = missing.into_iter().cloned().collect();
+    insert_index(conn, rtype, rid, &missing, fulltext)?;
     insert_contained(conn, rid, contained)
 }
 
@@ -990,6 +1112,11 @@ fn delete_index(conn: &Connection, rid: i64) -> Result<()> {
         .map_err(db_err)?
         .execute(params![rid])
         .map_err(db_err)?;
+    delete_contained(conn, rid)
+}
+
+/// Remove the contained resources of container `rid` with their index rows.
+fn delete_contained(conn: &Connection, rid: i64) -> Result<()> {
     let crids: Vec<i64> = conn
         .prepare_cached("SELECT crid FROM contained WHERE rid = ?1")
         .map_err(db_err)?
