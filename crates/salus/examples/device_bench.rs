@@ -12,11 +12,16 @@
 //! rest-hook receiver in this process (a topic-based Subscription to the built-in
 //! `device-alert` topic, created by this bench).
 //!
+//! Devices publish every INTERVAL_MS. With PHASE `spread` (the default) device `d` starts
+//! `d / D` of an interval late, so publishes are spread evenly over each interval as a
+//! real fleet's are; with `together` every device publishes at the same instant, a burst
+//! of D messages per interval (the worst case).
+//!
 //! ```text
 //! cargo build --release -p salus --example device_bench
 //! target/release/examples/device_bench --write-config bench-out/devbench 127.0.0.1:1883
 //! target/release/salus serve --data-dir bench-out/devbench/data --config bench-out/devbench/salus.toml &
-//! target/release/examples/device_bench http://127.0.0.1:8080 127.0.0.1:1883 1000 20 10
+//! target/release/examples/device_bench http://127.0.0.1:8080 127.0.0.1:1883 1000 20 10 1000 spread
 //! ```
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -117,6 +122,7 @@ async fn device(
     messages: usize,
     readings: usize,
     interval: Duration,
+    phase: Duration,
     alert_at: Option<usize>,
     alert_tx: tokio::sync::mpsc::UnboundedSender<(usize, Instant)>,
 ) -> usize {
@@ -142,6 +148,7 @@ async fn device(
         })
     };
     let topic = format!("{PREFIX}/{device}/telemetry");
+    tokio::time::sleep(phase).await;
     for m in 0..messages {
         let alert_now = alert_at == Some(m);
         let batch: Vec<Value> = (0..readings)
@@ -236,6 +243,11 @@ async fn main() {
     let messages: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(20);
     let readings: usize = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(10);
     let interval = Duration::from_millis(args.get(6).and_then(|a| a.parse().ok()).unwrap_or(100));
+    let spread = match args.get(7).map_or("spread", String::as_str) {
+        "spread" => true,
+        "together" => false,
+        other => panic!("PHASE is spread or together, not {other:?}"),
+    };
     let (host, port) = broker.rsplit_once(':').expect("HOST:PORT");
     let port: u16 = port.parse().expect("port");
     let http = reqwest::Client::new();
@@ -299,7 +311,8 @@ async fn main() {
     };
     let alerting = (0..devices).filter(|d| alert_at(*d).is_some()).count();
     println!(
-        "{devices} devices × {messages} messages × {readings} readings = {total} measurements; {alerting} alerting"
+        "{devices} devices × {messages} messages × {readings} readings = {total} measurements; {alerting} alerting; publishes {}",
+        if spread { "spread over each interval" } else { "all at once each interval" }
     );
 
     let start = Instant::now();
@@ -314,6 +327,11 @@ async fn main() {
             messages,
             readings,
             interval,
+            if spread {
+                interval.mul_f64(d as f64 / devices as f64)
+            } else {
+                Duration::ZERO
+            },
             alert_at(d),
             alert_tx.clone(),
         ));
