@@ -1052,66 +1052,85 @@ fn replace_index(
     fulltext: Option<&FullText>,
     contained: &[ContainedIndex],
 ) -> Result<()> {
-    let mut wanted: [Vec<Vec<Sql>>; 6] = Default::default();
-    for r in rows {
-        let (table, key) = stored_key(r);
-        wanted[table].push(key);
-    }
+    let keyed: Vec<(usize, Vec<Sql>, &IndexRow)> = rows
+        .iter()
+        .map(|r| {
+            let (table, key) = stored_key(r);
+            (table, key, r)
+        })
+        .collect();
     let mut missing: Vec<&IndexRow> = vec![];
-    for (table, name) in INDEX_TABLES.iter().enumerate() {
-        let cols = INDEX_KEY_COLUMNS[table];
+    for (table, (select, delete)) in INDEX_DIFF_SQL.iter().enumerate() {
+        let width = INDEX_KEY_COLUMNS[table].len();
         let stored: Vec<Vec<Sql>> = conn
-            .prepare_cached(&format!(
-                "SELECT {} FROM {name} WHERE rid = ?1",
-                cols.join(", ")
-            ))
+            .prepare_cached(select)
             .map_err(db_err)?
             .query_map(params![rid], |r| {
-                (0..cols.len()).map(|i| r.get::<_, Sql>(i)).collect()
+                (0..width).map(|i| r.get::<_, Sql>(i)).collect()
             })
             .map_err(db_err)?
             .collect::<rusqlite::Result<_>>()
             .map_err(db_err)?;
-        for old in stored.iter().filter(|k| !wanted[table].contains(k)) {
-            let cond: Vec<String> = cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c} = ?{}", i + 3))
-                .collect();
+        let wanted = |k: &Vec<Sql>| keyed.iter().any(|(t, key, _)| *t == table && key == k);
+        for old in stored.iter().filter(|k| !wanted(k)) {
             let mut args: Vec<Sql> = vec![Sql::Text(rtype.to_string()), Sql::Integer(rid)];
             args.extend(old.iter().cloned());
-            conn.prepare_cached(&format!(
-                "DELETE FROM {name} WHERE rtype = ?1 AND rid = ?2 AND {}",
-                cond.join(" AND ")
-            ))
-            .map_err(db_err)?
-            .execute(rusqlite::params_from_iter(args))
-            .map_err(db_err)?;
+            conn.prepare_cached(delete)
+                .map_err(db_err)?
+                .execute(rusqlite::params_from_iter(args))
+                .map_err(db_err)?;
         }
-        missing.extend(rows.iter().filter(|r| {
-            let (t, key) = stored_key(r);
-            t == table && !stored.contains(&key)
-        }));
+        missing.extend(
+            keyed
+                .iter()
+                .filter(|(t, key, _)| *t == table && !stored.contains(key))
+                .map(|(_, _, r)| *r),
+        );
     }
     // Full text and contained resources: replaced whole.
+    delete_fulltext(conn, rid)?;
+    delete_contained(conn, rid)?;
+    insert_index(conn, rtype, rid, missing, fulltext)?;
+    insert_contained(conn, rid, contained)
+}
+
+/// Per index table: the statement reading a resource's stored keys, and the one
+/// deleting one row by its full key (built once from [`INDEX_KEY_COLUMNS`]).
+static INDEX_DIFF_SQL: std::sync::LazyLock<Vec<(String, String)>> =
+    std::sync::LazyLock::new(|| {
+        INDEX_TABLES
+            .iter()
+            .zip(INDEX_KEY_COLUMNS)
+            .map(|(name, cols)| {
+                let cond: Vec<String> = cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{c} = ?{}", i + 3))
+                    .collect();
+                (
+                    format!("SELECT {} FROM {name} WHERE rid = ?1", cols.join(", ")),
+                    format!(
+                        "DELETE FROM {name} WHERE rtype = ?1 AND rid = ?2 AND {}",
+                        cond.join(" AND ")
+                    ),
+                )
+            })
+            .collect()
+    });
+
+fn delete_fulltext(conn: &Connection, rid: i64) -> Result<()> {
     conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
         .map_err(db_err)?
         .execute(params![rid])
         .map_err(db_err)?;
-    delete_contained(conn, rid)?;
-    let missing: Vec<IndexRow> = missing.into_iter().cloned().collect();
-    insert_index(conn, rtype, rid, &missing, fulltext)?;
-    insert_contained(conn, rid, contained)
+    Ok(())
 }
 
 /// Remove every index row and the full text of resource `rid`, and its contained
 /// resources with their rows.
 fn delete_index(conn: &Connection, rid: i64) -> Result<()> {
     delete_rows(conn, rid)?;
-    conn.prepare_cached("DELETE FROM fulltext WHERE rowid = ?1")
-        .map_err(db_err)?
-        .execute(params![rid])
-        .map_err(db_err)?;
+    delete_fulltext(conn, rid)?;
     delete_contained(conn, rid)
 }
 
@@ -1185,11 +1204,11 @@ fn insert_contained(conn: &Connection, rid: i64, contained: &[ContainedIndex]) -
 
 /// Insert a resource's index rows and full text. Absent systems, types and versions
 /// are stored as `''` (the tables' keys are NOT NULL); duplicates of a row are kept once.
-fn insert_index(
+fn insert_index<'a>(
     conn: &Connection,
     rtype: &str,
     rid: i64,
-    rows: &[IndexRow],
+    rows: impl IntoIterator<Item = &'a IndexRow>,
     fulltext: Option<&FullText>,
 ) -> Result<()> {
     if let Some(t) = fulltext.filter(|t| !t.content.is_empty()) {
