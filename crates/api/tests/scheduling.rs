@@ -462,11 +462,19 @@ async fn an_expired_hold_is_free_again() {
     let app = sched_app();
     let (_, _, sched) = provider(&app, "cardiology", "de", "video-15", true).await;
     let (p1, p2) = (patient(&app, "p1").await, patient(&app, "p2").await);
-    let slot = free_slots(&app, &sched).await.remove(0);
+    let now = Timestamp::now();
+    // a slot that has not begun at +6 min (run during opening hours, the first may have)
+    let slot = free_slots(&app, &sched)
+        .await
+        .into_iter()
+        .find(|s| {
+            let st: Timestamp = s["start"].as_str().unwrap().parse().unwrap();
+            st.duration_since(now) > SignedDuration::from_hours(1)
+        })
+        .expect("a slot an hour ahead");
     let sid = slot["id"].as_str().unwrap();
     let svc = &app.state.service;
     let s = &app.state.scheduling;
-    let now = Timestamp::now();
     svc.hold_slot(s, sid, &p1, Some(5), now).await.unwrap();
     let later = OpContext {
         now: now.checked_add(SignedDuration::from_mins(6)).unwrap(),
@@ -492,6 +500,8 @@ async fn an_expired_hold_is_free_again() {
     };
     let found = svc.find_slots(s, &q, later.now).await.unwrap();
     assert!(found.iter().any(|f| f["id"] == sid));
+    // the other slots, for the checks below
+    let others: Vec<&Value> = found.iter().filter(|f| f["id"] != sid).collect();
     let rec = svc.book(s, &req, &later).await.unwrap();
     assert!(rec.body.unwrap().contains(&p2));
     // holds are bounded by the configuration
@@ -499,7 +509,7 @@ async fn an_expired_hold_is_free_again() {
         .post(
             "/Appointment/$hold",
             &params(&[
-                ("slot", json!(slot_ref(&found[1]))),
+                ("slot", json!(slot_ref(others[0]))),
                 ("patient", json!(p1)),
                 ("minutes", json!(600)),
             ]),
@@ -512,12 +522,12 @@ async fn an_expired_hold_is_free_again() {
         .checked_add(SignedDuration::from_hours(24 * 30))
         .unwrap();
     let e = svc
-        .hold_slot(s, found[3]["id"].as_str().unwrap(), &p1, Some(5), far)
+        .hold_slot(s, others[2]["id"].as_str().unwrap(), &p1, Some(5), far)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("in the past"), "{e}");
     // the sweeper tidies expired holds up
-    let other = &found[2];
+    let other = &others[1];
     svc.hold_slot(s, other["id"].as_str().unwrap(), &p1, Some(1), now)
         .await
         .unwrap();
