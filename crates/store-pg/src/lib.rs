@@ -303,6 +303,9 @@ async fn reveal(
 /// connection too, up to this many before the cache is emptied.
 const STATEMENT_CACHE_LIMIT: usize = 512;
 
+/// How long [`Store::snapshot_seq`] waits for write transactions open when it is asked.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) async fn prepare(c: &ClientWrapper, sql: &str) -> Result<tokio_postgres::Statement> {
     if c.statement_cache.size() > STATEMENT_CACHE_LIMIT {
         c.statement_cache.clear();
@@ -536,7 +539,10 @@ impl Store for PgStore {
                 tracing::warn!(error = %e, "encryption: cannot re-read the keyring");
             }
         }
-        c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        // The transaction id is taken now, before any `nextval`: `snapshot_seq` relies on
+        // every transaction that may hold an uncommitted `seq` being in progress (in
+        // `pg_current_snapshot()`) from before its `seq` was handed out.
+        c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_current_xact_id();")
             .await
             .map_err(db_err)?;
         Ok(Box::new(PgTx {
@@ -677,9 +683,78 @@ impl Store for PgStore {
     }
 
     async fn snapshot_seq(&self) -> Result<i64> {
+        // `seq` comes from a sequence, handed out before commit, so the newest committed
+        // `seq` may have an older one below it that a transaction still open commits
+        // later: a snapshot (or an incremental refresh) taken at max(seq) would miss it
+        // for good. Instead, in three statements, in this order:
+        // (1) the newest `seq` handed out;
+        // (2) a fresh transaction id X (this statement's own transaction, which ends at
+        //     once): every writer took its id at BEGIN, before its `nextval`, so any
+        //     transaction holding a `seq` up to (1) has an id below X;
+        // (3) the transactions below X still in progress. A snapshot lists as in
+        //     progress only ids below its `xmax` (the newest ended one + 1); X has
+        //     ended, so every running id below X is listed.
+        // Then wait for those to end: every `seq` up to (1) is committed or never will
+        // be. ("Ended" is judged by a snapshot, as the final read sees it: a commit is
+        // visible to later snapshots once it leaves the in-progress list, which may be
+        // a moment after its commit record.)
         let c = self.conn().await?;
-        let st = prepare(&c, "SELECT coalesce(max(seq), 0) FROM resource_versions").await?;
-        col(&c.query_one(&st, &[]).await.map_err(db_err)?, 0)
+        let st = prepare(
+            &c,
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM salus_version_seq",
+        )
+        .await?;
+        let issued: i64 = col(&c.query_one(&st, &[]).await.map_err(db_err)?, 0)?;
+        let st = prepare(&c, "SELECT pg_current_xact_id()::text").await?;
+        let now: String = col(&c.query_one(&st, &[]).await.map_err(db_err)?, 0)?;
+        let st = prepare(
+            &c,
+            "SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+             WHERE x < $1::text::xid8",
+        )
+        .await?;
+        let mut open: Vec<String> = c
+            .query(&st, &[&now])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| col::<String>(r, 0))
+            .collect::<Result<_>>()?;
+        let deadline = std::time::Instant::now() + SNAPSHOT_WAIT;
+        let mut pause = std::time::Duration::from_millis(1);
+        while !open.is_empty() {
+            let st = prepare(
+                &c,
+                "SELECT x FROM unnest($1::text[]) AS t(x) \
+                 WHERE NOT pg_visible_in_snapshot(x::xid8, pg_current_snapshot())",
+            )
+            .await?;
+            open = c
+                .query(&st, &[&open])
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| col::<String>(r, 0))
+                .collect::<Result<_>>()?;
+            if open.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::Busy(format!(
+                    "postgres: a write transaction has been open for over {} s, so no \
+                     consistent snapshot point can be taken yet; try again",
+                    SNAPSHOT_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+        let st = prepare(
+            &c,
+            "SELECT coalesce(max(seq), 0) FROM resource_versions WHERE seq <= $1",
+        )
+        .await?;
+        col(&c.query_one(&st, &[&issued]).await.map_err(db_err)?, 0)
     }
 
     async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<VersionRecord>> {

@@ -274,3 +274,69 @@ async fn a_dropped_transaction_frees_its_connection_rolled_back() {
     })
     .await;
 }
+
+/// A transaction that took its `seq` first and commits last must not fall below a
+/// snapshot point: `snapshot_seq` waits for it, so a snapshot scan or an incremental
+/// refresh from that point sees it (with `max(seq)` it would be missed for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_point_waits_for_a_transaction_holding_an_older_seq() {
+    let Some(url) = common::database_url("PostgreSQL concurrency tests") else {
+        return;
+    };
+    let u = url.clone();
+    common::with_schema(&url, |schema| async move {
+        let store = Arc::new(common::connect(&u, &schema).await);
+        let before = store.snapshot_seq().await.unwrap();
+        // the slow writer: its seq is handed out (the read flushes the put), not committed
+        let mut slow = store.begin().await.unwrap();
+        slow.put(new_version("Late", "slow", 1, None, "{}"))
+            .await
+            .unwrap();
+        assert!(slow.read("Late", "slow").await.unwrap().is_some());
+        // a quick writer commits a newer seq meanwhile
+        put_and_commit(
+            store.begin().await.unwrap(),
+            new_version("Late", "quick", 1, None, "{}"),
+        )
+        .await
+        .unwrap();
+        let asked = {
+            let store = store.clone();
+            tokio::spawn(async move { store.snapshot_seq().await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !asked.is_finished(),
+            "snapshot_seq answered while an older seq was uncommitted"
+        );
+        slow.commit().await.unwrap();
+        let point = asked.await.unwrap();
+        let changes = store.changes_after(before, 100).await.unwrap();
+        let ids: Vec<&str> = changes.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(
+            changes.iter().all(|v| v.seq <= point),
+            "both versions are at or below the snapshot point {point}: {changes:?}"
+        );
+
+        // a rolled-back transaction is waited for too, and then does not count
+        let mut gone = store.begin().await.unwrap();
+        gone.put(new_version("Late", "gone", 1, None, "{}"))
+            .await
+            .unwrap();
+        assert!(gone.read("Late", "gone").await.unwrap().is_some());
+        let asked = {
+            let store = store.clone();
+            tokio::spawn(async move { store.snapshot_seq().await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if asked.is_finished() {
+            panic!("answered early: {:?}", asked.await);
+        }
+        drop(gone); // rolled back
+        assert_eq!(asked.await.unwrap(), point, "nothing new was committed");
+        // with nothing open it answers at once
+        assert_eq!(store.snapshot_seq().await.unwrap(), point);
+    })
+    .await;
+}
