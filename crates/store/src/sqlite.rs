@@ -154,6 +154,7 @@ struct Inner {
     lock: Arc<AsyncMutex<()>>,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    checkpointer: Checkpointer,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -222,6 +223,82 @@ impl Writer {
     }
 }
 
+/// How often the background checkpointer copies committed WAL frames into the file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Pages the WAL may reach before a commit on the writer checkpoints it itself: a
+/// safety bound for when the background checkpointer falls behind (long readers).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 65_536;
+
+/// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` every
+/// [`CHECKPOINT_EVERY`], so the writer never pays for a checkpoint on a commit: with
+/// SQLite's default (the committing connection checkpoints once the WAL passes a
+/// threshold) one write in thousands waited for megabytes to be copied and synced,
+/// which is what a device alert or an HL7 ACK saw as its p99. PASSIVE takes no lock
+/// that writers or readers wait on; it copies what no open reader still needs, and
+/// the writer restarts the WAL from its start once everything is copied, so the file
+/// stays small and in cache. The thread stops when the store is dropped.
+struct Checkpointer {
+    /// Dropping it stops the thread.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Held by whoever checkpoints, so an explicit `TRUNCATE` (shutdown, compaction)
+    /// never meets a passive one in progress and silently does nothing.
+    running: Arc<Mutex<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(conn: Connection) -> Result<Checkpointer> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let running = Arc::new(Mutex::new(()));
+        let lock = running.clone();
+        let thread = std::thread::Builder::new()
+            .name("salus-sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    let _running = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "background WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+            running,
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Stop the thread and wait for it (at most one passive checkpoint), so its
+    /// connection is closed once the store is gone.
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Run a `TRUNCATE` checkpoint (and any statements before it) on the writer, with the
+/// background checkpointer held off. False when open readers kept it from finishing
+/// (within the busy timeout): the WAL then still holds some committed pages.
+fn truncate_wal(c: &Connection, running: &Mutex<()>, before: &str) -> Result<bool> {
+    if !before.is_empty() {
+        c.execute_batch(before).map_err(db_err)?;
+    }
+    let _running = running.lock().unwrap_or_else(|p| p.into_inner());
+    let busy: i64 = c
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(db_err)?;
+    Ok(busy == 0)
+}
+
 fn writer_gone() -> StoreError {
     StoreError::Backend("the SQLite writer thread has stopped".into())
 }
@@ -241,6 +318,11 @@ impl SqliteStore {
         let writer = Connection::open(&path).map_err(db_err)?;
         configure(&writer, &options, false, &path)?;
         migrate(&writer)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(db_err)?;
+        let background = Connection::open(&path).map_err(db_err)?;
+        configure(&background, &options, false, &path)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -248,6 +330,7 @@ impl SqliteStore {
                 lock: Arc::new(AsyncMutex::new(())),
                 writer: Writer::spawn(writer)?,
                 readers: Mutex::new(Vec::new()),
+                checkpointer: Checkpointer::spawn(background)?,
             }),
         })
     }
@@ -280,13 +363,17 @@ impl SqliteStore {
     /// Flush the WAL into the main database file (used at shutdown).
     pub async fn checkpoint(&self) -> Result<()> {
         let _lock = self.inner.lock.lock().await;
+        let running = self.inner.checkpointer.running.clone();
         self.inner
             .writer
-            .call(|c| {
-                c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-                    .map_err(db_err)
-            })
+            .call(move |c| truncate_wal(c, &running, ""))
             .await
+            .map(|done| {
+                if !done {
+                    // nothing is lost: the WAL is replayed when the store opens again
+                    tracing::warn!("WAL checkpoint incomplete: readers were still open");
+                }
+            })
     }
 }
 
@@ -709,17 +796,26 @@ impl Store for SqliteStore {
 
     async fn compact(&self) -> Result<()> {
         let _lock = self.inner.lock.lock().await;
+        let running = self.inner.checkpointer.running.clone();
         self.inner
             .writer
-            .call(|c| {
+            .call(move |c| {
                 // FTS5 keeps deleted rows' terms in its segments until they are merged.
-                c.execute_batch(
-                    "INSERT INTO fulltext(fulltext) VALUES('optimize'); \
-                     PRAGMA wal_checkpoint(TRUNCATE);",
+                truncate_wal(
+                    c,
+                    &running,
+                    "INSERT INTO fulltext(fulltext) VALUES('optimize');",
                 )
-                .map_err(db_err)
             })
             .await
+            .and_then(|done| {
+                // erased content may still sit in the WAL: say so rather than claim it gone
+                done.then_some(()).ok_or_else(|| {
+                    StoreError::Busy(
+                        "the WAL could not be truncated: readers are still open; retry".into(),
+                    )
+                })
+            })
     }
 
     fn feed_gaps_are_final(&self) -> bool {
@@ -1423,6 +1519,28 @@ mod tests {
         let mut tx = store.begin().await.unwrap();
         tx.put(v).await.unwrap();
         tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn commits_reach_the_main_file_without_an_explicit_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap();
+        let db = dir.path().join("salus.db");
+        let in_db = || {
+            let bytes = std::fs::read(&db).unwrap();
+            bytes.windows(11).any(|w| w == b"Vandersloot")
+        };
+        store_a_patient(&store).await;
+        // The background checkpointer copies the commit out of the WAL within a few
+        // of its rounds; the writer itself would not before the WAL grew to 256 MiB.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !in_db() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit never reached the main database file"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]
