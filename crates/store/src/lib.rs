@@ -105,10 +105,12 @@ pub trait Store: Send + Sync + 'static {
     /// files (SQLite: merge the full-text index, checkpoint and truncate the WAL; deleted
     /// cells are already zeroed by `secure_delete`).
     async fn compact(&self) -> Result<()>;
-    /// The `seq` of the newest committed version (0 for an empty store): a snapshot
-    /// point for [`Store::snapshot_scan`]. On SQLite (one writer) every version with a
-    /// smaller `seq` is committed; on PostgreSQL a transaction still open may yet
-    /// commit a smaller one (see docs/bulk.md).
+    /// The `seq` of the newest committed version (0 for an empty store) such that no
+    /// version at or below it can still commit: a snapshot point for
+    /// [`Store::snapshot_scan`] and for reading the change feed up to. On SQLite (one
+    /// writer) that holds of the newest one; on PostgreSQL, where `seq` is handed out
+    /// before commit, it waits for the write transactions open when asked (see
+    /// docs/scaling.md).
     async fn snapshot_seq(&self) -> Result<i64>;
 
     /// Whether a `seq` missing below the newest one in [`Store::changes_after`] stays
