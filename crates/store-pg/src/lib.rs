@@ -306,6 +306,20 @@ const STATEMENT_CACHE_LIMIT: usize = 512;
 /// How long [`Store::snapshot_seq`] waits for write transactions open when it is asked.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The first column of every row, as text.
+async fn text_column(
+    c: &ClientWrapper,
+    st: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<String>> {
+    c.query(st, params)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| col::<String>(r, 0))
+        .collect()
+}
+
 pub(crate) async fn prepare(c: &ClientWrapper, sql: &str) -> Result<tokio_postgres::Statement> {
     if c.statement_cache.size() > STATEMENT_CACHE_LIMIT {
         c.statement_cache.clear();
@@ -713,13 +727,7 @@ impl Store for PgStore {
              WHERE x < $1::text::xid8",
         )
         .await?;
-        let mut open: Vec<String> = c
-            .query(&st, &[&now])
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|r| col::<String>(r, 0))
-            .collect::<Result<_>>()?;
+        let mut open = text_column(&c, &st, &[&now]).await?;
         let deadline = std::time::Instant::now() + SNAPSHOT_WAIT;
         let mut pause = std::time::Duration::from_millis(1);
         while !open.is_empty() {
@@ -729,13 +737,7 @@ impl Store for PgStore {
                  WHERE NOT pg_visible_in_snapshot(x::xid8, pg_current_snapshot())",
             )
             .await?;
-            open = c
-                .query(&st, &[&open])
-                .await
-                .map_err(db_err)?
-                .iter()
-                .map(|r| col::<String>(r, 0))
-                .collect::<Result<_>>()?;
+            open = text_column(&c, &st, &[&open]).await?;
             if open.is_empty() {
                 break;
             }
