@@ -1,9 +1,13 @@
 //! `salus import` and `salus validate`: load FHIR Bundles (`.json`) and NDJSON files or
 //! folders into a data dir or a running server.
 //!
-//! Each file is one unit: it is parsed and validated completely, then written in one
-//! transaction (locally) — a bad file never leaves part of itself behind. Against a
-//! server, files are validated here first and sent as transaction Bundles.
+//! Each file is one unit, written in one transaction (locally): a bad file never
+//! leaves part of itself behind. A Bundle is parsed and validated completely before it
+//! is written; a large NDJSON file is read, validated and written in parts of
+//! [`PART_LINES`] lines inside that one transaction (bounded memory, and the parts
+//! overlap: one is read while the previous is indexed and stored), and a problem in
+//! any part undoes the file. Against a server, files are validated here first and
+//! sent as transaction Bundles.
 
 use crate::config::Config;
 use anyhow::{Context, Result};
@@ -472,7 +476,14 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
             .spawn(move || {
                 for f in files {
                     let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
-                    let work = if !explicit.contains(&f) && !looks_like_fhir(&f) {
+                    let skip = !explicit.contains(&f) && !looks_like_fhir(&f);
+                    if let (false, true, Some(svc)) = (skip, is_ndjson(&f), &local) {
+                        if stream_ndjson(svc, &f, &sender).is_err() {
+                            break; // the writer stopped
+                        }
+                        continue;
+                    }
+                    let work = if skip {
                         Work::Skip
                     } else {
                         let name = f.display().to_string();
@@ -490,6 +501,8 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
                             file: f,
                             size,
                             work,
+                            first: true,
+                            last: true,
                         })
                         .is_err()
                     {
@@ -508,10 +521,18 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
     let mut batch: Option<Box<dyn StoreTx>> = None;
     let mut batch_files: Vec<PathBuf> = vec![];
     let mut pending = 0usize;
+    // A large NDJSON file arrives in parts (see `stream_ndjson`), in order, all written
+    // into the open batch: `partial` is how many resources the current file's parts
+    // written so far hold (none before its first part); `dropped`: a part of the
+    // current file failed to write, so its remaining parts are ignored.
+    let mut partial: Option<usize> = None;
+    let mut dropped = false;
     while let Some(Step {
         file: f,
         size,
         work,
+        first,
+        last,
     }) = steps.recv().await
     {
         if let Work::Skip = work {
@@ -521,39 +542,69 @@ pub async fn import_paths(target: &Target, paths: &[PathBuf], progress: bool) ->
             bar.inc(size);
             continue;
         }
-        report.files += 1;
+        if first {
+            report.files += 1;
+            dropped = false;
+            bar.set_message(
+                f.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
         let name = f.display().to_string();
-        bar.set_message(
-            f.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
+        if dropped {
+            // A part of this file failed to write and the whole file was replayed
+            // (which reported any problem in it): the rest of its parts are done.
+            bar.inc(size);
+            continue;
+        }
+        let in_batch = !first && partial.is_some();
         match (work, target) {
+            (Work::Failed(p), Target::Local(svc)) if in_batch => {
+                // Earlier parts of this file are in the batch: undo the batch and keep
+                // only the files that were complete.
+                drop(batch.take());
+                partial = None;
+                replay(svc, &batch_files, &mut report, &bar).await?;
+                batch_files.clear();
+                pending = 0;
+                report.fail(&bar, p);
+            }
             (Work::Failed(p), _) => report.fail(&bar, p),
             (Work::Ready(ready), Target::Local(svc)) => {
                 let tx = match batch.as_mut() {
                     Some(tx) => tx,
                     None => batch.insert(svc.store().begin().await?),
                 };
-                batch_files.push(f.clone());
                 let applied = apply_local(svc, tx.as_mut(), &name, ready).await;
-                let full = batch_files.len() >= BATCH_FILES;
+                let before = partial.take().filter(|_| !first).unwrap_or(0);
                 match applied {
-                    Ok(n) if !full && pending + n < BATCH_RESOURCES => pending += n,
+                    Ok(n) if !last => partial = Some(before + n),
                     Ok(n) => {
-                        let tx = batch.take().expect("open batch");
-                        match tx.commit().await {
-                            Ok(()) => report.resources += pending + n,
-                            Err(_) => replay(svc, &batch_files, &mut report, &bar).await?,
+                        batch_files.push(f.clone());
+                        let n = before + n;
+                        if batch_files.len() < BATCH_FILES && pending + n < BATCH_RESOURCES {
+                            pending += n;
+                        } else {
+                            let tx = batch.take().expect("open batch");
+                            match tx.commit().await {
+                                Ok(()) => report.resources += pending + n,
+                                Err(_) => replay(svc, &batch_files, &mut report, &bar).await?,
+                            }
+                            batch_files.clear();
+                            pending = 0;
                         }
-                        batch_files.clear();
-                        pending = 0;
                     }
                     Err(_) => {
+                        // The failure may be a queued write of an earlier file: write
+                        // every file of the batch again, this one whole (read anew),
+                        // each in its own savepoint; the replay reports what fails.
                         drop(batch.take());
+                        batch_files.push(f.clone());
                         replay(svc, &batch_files, &mut report, &bar).await?;
                         batch_files.clear();
                         pending = 0;
+                        dropped = !last;
                     }
                 }
             }
@@ -631,11 +682,129 @@ async fn replay(
     Ok(())
 }
 
-/// One input file, as the reader thread hands it to the writer.
+/// One input file, or one part of a large NDJSON file, as the reader thread hands it
+/// to the writer.
 struct Step {
     file: PathBuf,
+    /// Bytes of the file this step covers (for the progress bar).
     size: u64,
     work: Work,
+    /// The file's first step.
+    first: bool,
+    /// The file's last step: after it the file is complete.
+    last: bool,
+}
+
+/// NDJSON lines per part of a local import: a large file is read, validated and
+/// written part by part (all in the same transaction), so memory stays bounded and
+/// reading, indexing and writing overlap within one file.
+const PART_LINES: usize = 2_000;
+
+/// Read, parse and validate a local NDJSON file in parts of [`PART_LINES`] and send
+/// each valid part as it is ready. After the first problem no more parts are sent,
+/// but the rest is still checked, so the final `Failed` step lists every problem of
+/// the file with its line. `Err`: the writer stopped.
+fn stream_ndjson(
+    svc: &FhirService,
+    path: &Path,
+    sender: &tokio::sync::mpsc::Sender<Step>,
+) -> std::result::Result<(), ()> {
+    use std::io::BufRead;
+    let name = path.display().to_string();
+    let first = std::cell::Cell::new(true);
+    let send = |size: u64, work: Work, last: bool| {
+        sender
+            .blocking_send(Step {
+                file: path.to_path_buf(),
+                size,
+                work,
+                first: first.replace(false),
+                last,
+            })
+            .map_err(|_| ())
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let p = vec![Problem {
+                location: name.clone(),
+                reason: format!("cannot read: {e}"),
+            }];
+            return send(size, Work::Failed(p), true);
+        }
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut problems: Vec<Problem> = vec![];
+    let mut items: Vec<(usize, Value)> = vec![];
+    let mut bytes = 0u64;
+    let mut line = String::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        let read = match reader.read_line(&mut line) {
+            Ok(read) => read,
+            Err(e) => {
+                problems.push(Problem {
+                    location: located(&name, n + 1),
+                    reason: format!("cannot read: {e}"),
+                });
+                0
+            }
+        };
+        let eof = read == 0;
+        if !eof {
+            n += 1;
+            bytes += read as u64;
+            let text = line.trim();
+            if !text.is_empty() {
+                match serde_json::from_str::<Value>(text) {
+                    Ok(v) if v.get("resourceType").and_then(Value::as_str).is_some() => {
+                        items.push((n, v))
+                    }
+                    Ok(_) => problems.push(Problem {
+                        location: located(&name, n),
+                        reason: "not a FHIR resource: no resourceType".into(),
+                    }),
+                    Err(e) => problems.push(Problem {
+                        location: located(&name, n),
+                        reason: format!("invalid JSON: {e}"),
+                    }),
+                }
+            }
+        }
+        if items.len() >= PART_LINES || (eof && problems.is_empty()) {
+            let part = std::mem::take(&mut items);
+            match prepare_local(svc, &name, Unit::Resources(part)) {
+                Ok(ready) if problems.is_empty() => {
+                    send(std::mem::take(&mut bytes), Work::Ready(ready), eof)?;
+                }
+                Ok(_) => {}
+                Err(p) => problems.extend(p),
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if !items.is_empty() {
+        if let Err(p) = prepare_local(svc, &name, Unit::Resources(items)) {
+            problems.extend(p);
+        }
+    }
+    problems.sort_by_key(|p| line_of(&p.location));
+    send(bytes, Work::Failed(problems), true)
+}
+
+/// The line number at the end of a `file:line` location (0 without one), for ordering.
+fn line_of(location: &str) -> usize {
+    location
+        .rsplit_once(':')
+        .and_then(|(_, l)| l.parse().ok())
+        .unwrap_or(0)
 }
 
 enum Work {

@@ -91,6 +91,99 @@ async fn invalid_resource_names_line_and_element() {
     assert_eq!(count(&svc, "Patient").await, 0);
 }
 
+/// NDJSON lines of `n` Patients with ids `{prefix}{i}`.
+fn patients(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!("{{\"resourceType\":\"Patient\",\"id\":\"{prefix}{i}\",\"gender\":\"female\"}}")
+        })
+        .collect()
+}
+
+/// A file larger than one part (it is read, validated and written in parts, all in one
+/// transaction): complete when good; when a line near its end is bad, none of its
+/// earlier parts stays stored, every problem of the file is reported with its line, and
+/// a good file written before it in the same batch is kept.
+#[tokio::test]
+async fn a_file_written_in_parts_is_still_one_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, svc) = local(dir.path());
+    let good = dir.path().join("a-good.ndjson");
+    std::fs::write(&good, patients("g", 5_000).join("\n")).unwrap();
+    let report = import_paths(
+        &Target::Local(svc.clone()),
+        std::slice::from_ref(&good),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!((report.files, report.resources), (1, 5_000));
+    assert_eq!(count(&svc, "Patient").await, 5_000);
+
+    let first = dir.path().join("b-first.ndjson");
+    std::fs::write(&first, patients("f", 10).join("\n")).unwrap();
+    let bad = dir.path().join("c-bad.ndjson");
+    let mut lines = patients("b", 5_000);
+    lines[100] = "{\"resourceType\":\"Patient\",\"id\":\"x\"".into(); // line 101
+    lines[4_899] = "{\"resourceType\":\"Patient\",\"birthDate\":\"soon\"}".into(); // line 4900
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let report = import_paths(
+        &Target::Local(svc.clone()),
+        &[first.clone(), bad.clone()],
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.files, report.files_failed), (2, 1));
+    assert_eq!(report.resources, 10, "the good file of the batch is kept");
+    let locations: Vec<&str> = report
+        .problems
+        .iter()
+        .map(|p| p.location.as_str())
+        .collect();
+    assert_eq!(locations.len(), 2, "{:?}", report.problems);
+    assert!(locations[0].ends_with("c-bad.ndjson:101"), "{locations:?}");
+    assert!(locations[1].ends_with("c-bad.ndjson:4900"), "{locations:?}");
+    assert!(
+        report.problems[1].reason.contains("birthDate"),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(
+        count(&svc, "Patient").await,
+        5_010,
+        "nothing of the bad file"
+    );
+
+    // Bad only in its last part: earlier parts were already written into the batch.
+    let late = dir.path().join("d-late.ndjson");
+    let mut lines = patients("l", 4_500);
+    lines[4_400] = "{\"resourceType\":\"Patient\",\"birthDate\":\"soon\"}".into();
+    std::fs::write(&late, lines.join("\n")).unwrap();
+    let after = dir.path().join("e-after.ndjson");
+    std::fs::write(&after, patients("e", 3).join("\n")).unwrap();
+    let report = import_paths(
+        &Target::Local(svc.clone()),
+        &[first.clone(), late, after],
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.files, report.files_failed),
+        (3, 1),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.problems.len(), 1);
+    assert!(report.problems[0].location.ends_with("d-late.ndjson:4401"));
+    assert_eq!(report.resources, 13, "{report:?}");
+    assert_eq!(count(&svc, "Patient").await, 5_013);
+    let read = svc.store().read("Patient", "l0").await.unwrap();
+    assert!(read.is_none(), "the first part of the bad file was undone");
+}
+
 #[tokio::test]
 async fn bundles_of_every_kind_import() {
     let dir = tempfile::tempdir().unwrap();

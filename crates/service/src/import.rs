@@ -3,8 +3,7 @@
 //! input leaves nothing behind.
 
 use crate::service::{
-    check_body, make_live, new_id, prepare_version, put_version_at, tx_write, valid_id,
-    PreparedVersion,
+    check_body, make_live, new_id, prepare_version, tx_write, valid_id, PreparedVersion,
 };
 use crate::{index, FhirError, FhirService};
 use salus_fhir::{Issue, IssueCode};
@@ -20,6 +19,10 @@ pub enum ImportFailure {
     /// The write itself failed.
     Failed(FhirError),
 }
+
+/// Versions prepared before they are handed to the store: a large unit is written as
+/// it is indexed, not after (the backend's writer works while this thread extracts).
+const WRITE_AHEAD: usize = 256;
 
 /// Versions waiting to be stored by one `put_many`, and the search parameters to make
 /// live once they are.
@@ -153,6 +156,11 @@ impl FhirService {
                     Method::Put,
                     None,
                 )?);
+                if batch.writes.len() >= WRITE_AHEAD {
+                    // Hand these to the store now: it writes them while the next ones
+                    // are indexed here.
+                    batch.store(tx).await?;
+                }
             }
             batch.store(tx).await?;
             Ok::<_, FhirError>(())
@@ -194,9 +202,13 @@ impl FhirService {
         }
         let mut written = 0;
         let mut heads = tx.heads(&keys).await?;
-        for (i, (item, (rtype, id))) in items.into_iter().zip(keys.iter()).enumerate() {
+        let mut seen: HashSet<&(String, String)> = HashSet::with_capacity(keys.len());
+        let mut batch = Batch::default();
+        for (i, (item, key)) in items.into_iter().zip(keys.iter()).enumerate() {
+            let (rtype, id) = key;
             // The same resource twice in one unit: later lines see the earlier write.
-            if keys[..i].contains(&(rtype.clone(), id.clone())) {
+            if !seen.insert(key) {
+                batch.store(tx).await?;
                 heads[i] = tx.heads(&keys[i..=i]).await?.remove(0);
             }
             let meta = item.get("meta");
@@ -241,8 +253,7 @@ impl FhirService {
             }
             let last_updated = given_time.unwrap_or_else(crate::time::now_micros);
             let index = index::extract(&item);
-            put_version_at(
-                tx,
+            batch.push(prepare_version(
                 rtype,
                 id,
                 item,
@@ -250,10 +261,13 @@ impl FhirService {
                 head,
                 Method::Put,
                 Some((version, last_updated)),
-            )
-            .await?;
+            )?);
+            if batch.writes.len() >= WRITE_AHEAD {
+                batch.store(tx).await?;
+            }
             written += 1;
         }
+        batch.store(tx).await?;
         Ok(written)
     }
 }

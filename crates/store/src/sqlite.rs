@@ -162,6 +162,10 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Writes queued (and not yet run) on the writer thread, at most.
 const QUEUED_WRITES: usize = 256;
 
+/// Versions per writer job in [`StoreTx::put_many`] (so at most
+/// `QUEUED_WRITES * PUT_MANY_CHUNK` versions wait in the queue).
+const PUT_MANY_CHUNK: usize = 32;
+
 /// Handle to the thread that owns the writer connection. Jobs run in the order sent;
 /// the thread ends (closing the connection) when the last handle is dropped.
 #[derive(Clone)]
@@ -1415,6 +1419,19 @@ impl StoreTx for SqliteTx {
 
     async fn put(&mut self, write: NewVersion) -> Result<()> {
         self.queue_write(move |c| put_sync(c, write)).await
+    }
+
+    /// Queued in jobs of [`PUT_MANY_CHUNK`] versions: the same order and checks as one
+    /// `put` each, but one hand-off to the writer thread (and one wake-up of the caller
+    /// when the queue is full) per chunk instead of per version.
+    async fn put_many(&mut self, writes: Vec<NewVersion>) -> Result<()> {
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let chunk: Vec<NewVersion> = writes.by_ref().take(PUT_MANY_CHUNK).collect();
+            self.queue_write(move |c| chunk.into_iter().try_for_each(|w| put_sync(c, w)))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn reindex(
