@@ -163,21 +163,10 @@ pub fn parse_file(path: &Path) -> Result<Unit, Vec<Problem>> {
         let mut items = vec![];
         let mut problems = vec![];
         for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Value>(line) {
-                Ok(v) if v.get("resourceType").and_then(Value::as_str).is_some() => {
-                    items.push((i + 1, v))
-                }
-                Ok(_) => problems.push(Problem {
-                    location: format!("{name}:{}", i + 1),
-                    reason: "not a FHIR resource: no resourceType".into(),
-                }),
-                Err(e) => problems.push(Problem {
-                    location: format!("{name}:{}", i + 1),
-                    reason: format!("invalid JSON: {e}"),
-                }),
+            match ndjson_line(&name, i + 1, line) {
+                Some(Ok(v)) => items.push((i + 1, v)),
+                Some(Err(p)) => problems.push(p),
+                None => {}
             }
         }
         return if problems.is_empty() {
@@ -210,6 +199,24 @@ pub fn parse_file(path: &Path) -> Result<Unit, Vec<Problem>> {
         }
         _ => Ok(Unit::Bundle(collection_to_transaction(v))),
     }
+}
+
+/// One NDJSON line (1-based `n`): `None` when blank, else the resource or the problem
+/// with its `file:line`.
+fn ndjson_line(name: &str, n: usize, line: &str) -> Option<Result<Value, Problem>> {
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    let reason = match serde_json::from_str::<Value>(line) {
+        Ok(v) if v.get("resourceType").and_then(Value::as_str).is_some() => return Some(Ok(v)),
+        Ok(_) => "not a FHIR resource: no resourceType".to_string(),
+        Err(e) => format!("invalid JSON: {e}"),
+    };
+    Some(Err(Problem {
+        location: located(name, n),
+        reason,
+    }))
 }
 
 /// A collection (or searchset, document, …) Bundle as a transaction: resources with an
@@ -756,21 +763,10 @@ fn stream_ndjson(
         if !eof {
             n += 1;
             bytes += read as u64;
-            let text = line.trim();
-            if !text.is_empty() {
-                match serde_json::from_str::<Value>(text) {
-                    Ok(v) if v.get("resourceType").and_then(Value::as_str).is_some() => {
-                        items.push((n, v))
-                    }
-                    Ok(_) => problems.push(Problem {
-                        location: located(&name, n),
-                        reason: "not a FHIR resource: no resourceType".into(),
-                    }),
-                    Err(e) => problems.push(Problem {
-                        location: located(&name, n),
-                        reason: format!("invalid JSON: {e}"),
-                    }),
-                }
+            match ndjson_line(&name, n, &line) {
+                Some(Ok(v)) => items.push((n, v)),
+                Some(Err(p)) => problems.push(p),
+                None => {}
             }
         }
         if items.len() >= PART_LINES || (eof && problems.is_empty()) {
