@@ -484,6 +484,56 @@ async fn composite_parameters_match_within_one_element() {
         vec![high.clone()],
         "combo covers the code and the components"
     );
+    // combo-* is the union of the Observation's own element and its components'
+    // (stored as those two only): each search form must agree with that reading
+    assert_eq!(
+        find(&app, "/Observation?combo-code=8480-6").await,
+        both,
+        "a component's code"
+    );
+    assert_eq!(
+        find(&app, "/Observation?combo-code=29463-7").await,
+        vec![weight.clone()],
+        "the Observation's own code"
+    );
+    let mut no_systolic = vec![weight.clone(), smoker.clone()];
+    no_systolic.sort();
+    assert_eq!(
+        find(&app, "/Observation?combo-code:not=8480-6").await,
+        no_systolic,
+        ":not holds when neither the code nor a component's code matches"
+    );
+    assert_eq!(
+        find(&app, "/Observation?combo-value-quantity=ge80").await,
+        vec![high.clone(), normal.clone(), weight.clone()]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "values of components (95, 80) and of the Observation (80)"
+    );
+    assert_eq!(
+        find(&app, "/Observation?combo-value-quantity:missing=true").await,
+        vec![smoker.clone()],
+        "missing only when neither has a quantity"
+    );
+    let sorted = app
+        .get("/Observation?_sort=-combo-value-quantity&_elements=id")
+        .await
+        .expect(200)
+        .json;
+    let order: Vec<String> = sorted["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        [high.clone(), normal.clone(), weight.clone(), smoker.clone()],
+        "largest value of the union first, in canonical units (150 and 120 mm[Hg] are \
+         ~2e7 and ~1.6e7 g/(m.s2), above 80 kg); without one, last"
+    );
     // Bad input gets a clear error.
     for bad in [
         "/Observation?component-code-value-quantity=8480-6",

@@ -446,6 +446,12 @@ pub(crate) async fn run(
             let _ = std::fs::remove_file(&path);
         }
     }
+    // searches that follow are planned from fresh statistics (Store::analyze)
+    service
+        .store()
+        .analyze()
+        .await
+        .map_err(|e| JobError::Internal(format!("updating planner statistics: {e}")))?;
     let mut job = handle.job.lock().expect("job lock");
     job.output = outputs;
     job.error = error_files;

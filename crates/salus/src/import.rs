@@ -835,6 +835,8 @@ pub async fn run_cli(
     };
     let report = import_paths(&target, paths, progress).await?;
     if let Some(b) = &backend {
+        // PostgreSQL: plan the searches that follow from the loaded data's statistics
+        b.store().analyze().await?;
         b.close().await?;
     }
     for (f, why) in &report.skipped {

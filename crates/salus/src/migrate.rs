@@ -496,6 +496,7 @@ pub async fn migrate_stores(
     bar.set_length(count_versions(source.as_ref()).await?);
     bar.set_message("");
     let (copied, skipped) = copy(source.as_ref(), target.as_ref(), bar).await?;
+    target.analyze().await?;
     let seconds = start.elapsed().as_secs_f64();
     bar.set_message("verifying");
     let (s, t) = tokio::join!(digest(source.as_ref()), digest(target.as_ref()));

@@ -454,6 +454,26 @@ pub fn param_clause(types: &[String], key: &str, value: &str) -> Result<Clause, 
         _ => {}
     }
     let def = find_def(types, code).ok_or_else(|| unknown(types, code))?;
+    if let Some((own, component)) = union_parts(def) {
+        // Not stored (extract.rs): the same search on the two parameters it unites. A
+        // negation holds when it holds for both (`:not`, `:not-in`, `:missing=true`);
+        // anything else when it holds for either.
+        let part = |name: &str| {
+            let key = match modifier {
+                Some(m) => format!("{name}:{m}"),
+                None => name.to_string(),
+            };
+            param_clause(types, &key, value)
+        };
+        let both = vec![part(own)?, part(component)?];
+        let negated = matches!(modifier, Some("not" | "not-in"))
+            || (modifier == Some("missing") && value == "true");
+        return Ok(if negated {
+            Clause::All(both)
+        } else {
+            Clause::Any(both)
+        });
+    }
     if def.kind == SearchParamType::Composite {
         if let Some(m) = modifier {
             return Err(SearchError::Unsupported(format!(
@@ -481,6 +501,50 @@ pub fn param_clause(types: &[String], key: &str, value: &str) -> Result<Clause, 
         });
     }
     typed_clause(def, code, key, modifier, values(value))
+}
+
+/// R4 defines each of Observation's `combo-*` parameters as the union of the same
+/// parameter on the Observation itself and on its components (`combo-code` =
+/// `code` ∪ `component-code`, `combo-value-quantity` = `value-quantity` ∪
+/// `component-value-quantity`, and likewise for `combo-value-concept`,
+/// `combo-data-absent-reason` and the composites `combo-code-value-quantity` and
+/// `combo-code-value-concept`): their index rows would repeat those of the two — about
+/// a fifth of all rows for vital signs — so they are not stored, and a search or sort
+/// on one reads the two it unites. `None` for every other parameter (custom ones too).
+pub fn union_parts(def: &SearchParamDef) -> Option<(&'static str, &'static str)> {
+    const UNIONS: &[(&str, &str, &str)] = &[
+        ("combo-code", "code", "component-code"),
+        (
+            "combo-code-value-concept",
+            "code-value-concept",
+            "component-code-value-concept",
+        ),
+        (
+            "combo-code-value-quantity",
+            "code-value-quantity",
+            "component-code-value-quantity",
+        ),
+        (
+            "combo-data-absent-reason",
+            "data-absent-reason",
+            "component-data-absent-reason",
+        ),
+        (
+            "combo-value-concept",
+            "value-concept",
+            "component-value-concept",
+        ),
+        (
+            "combo-value-quantity",
+            "value-quantity",
+            "component-value-quantity",
+        ),
+    ];
+    let (_, own, component) = UNIONS.iter().find(|(code, _, _)| {
+        *code == def.code
+            && def.url == format!("http://hl7.org/fhir/SearchParameter/Observation-{code}")
+    })?;
+    Some((own, component))
 }
 
 /// The components of a composite parameter whose first component is a token and
@@ -1004,6 +1068,14 @@ fn parse_sort(value: &str, types: &[String]) -> Result<Vec<SortKey>, SearchError
             "_lastUpdated" => SortField::LastUpdated,
             _ => {
                 let def = find_def(types, code).ok_or_else(|| unknown(types, code))?;
+                if let Some((own, component)) = union_parts(def) {
+                    let by = |name: &str| parse_sort(name, types).map(|mut k| k.remove(0).field);
+                    keys.push(SortKey {
+                        field: SortField::Either(Box::new(by(own)?), Box::new(by(component)?)),
+                        descending,
+                    });
+                    continue;
+                }
                 let kind = index_kind(def.kind).ok_or_else(|| {
                     SearchError::Unsupported(format!(
                         "cannot sort by {} parameter '{code}'",
@@ -1254,6 +1326,67 @@ mod tests {
             matches!(&p.query.clauses[0], Clause::Has { source_type, param, .. } if source_type == "Observation" && param == "patient")
         );
         assert!(strict("Patient", "_has:Observation:code:code=x").is_err());
+    }
+
+    /// `combo-*` reads the two parameters it unites; a negation must hold for both.
+    #[test]
+    fn combo_parameters_are_unions() {
+        let one = |q: &str| strict("Observation", q).unwrap().query.clauses.remove(0);
+        let params = |cs: &[Clause]| -> Vec<String> {
+            cs.iter()
+                .map(|c| match c {
+                    Clause::Token { param, .. }
+                    | Clause::Quantity { param, .. }
+                    | Clause::Missing { param, .. } => param.clone(),
+                    Clause::Not(inner) => match &**inner {
+                        Clause::Token { param, .. } => format!("not {param}"),
+                        other => panic!("{other:?}"),
+                    },
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        match one("combo-code=http://loinc.org|8480-6") {
+            Clause::Any(cs) => assert_eq!(params(&cs), ["code", "component-code"]),
+            other => panic!("{other:?}"),
+        }
+        match one("combo-code:not=8480-6") {
+            Clause::All(cs) => assert_eq!(params(&cs), ["not code", "not component-code"]),
+            other => panic!("{other:?}"),
+        }
+        match one("combo-value-quantity:missing=true") {
+            Clause::All(cs) => {
+                assert_eq!(params(&cs), ["value-quantity", "component-value-quantity"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            one("combo-value-quantity:missing=false"),
+            Clause::Any(_)
+        ));
+        match one("combo-code-value-quantity=8480-6$gt100") {
+            Clause::Any(cs) => assert_eq!(
+                params(&cs),
+                [
+                    "code-value-quantity$8480-6|*",
+                    "component-code-value-quantity$8480-6|*"
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+        let p = strict("Observation", "_sort=-combo-code").unwrap();
+        assert!(p.query.sort[0].descending);
+        assert!(matches!(
+            &p.query.sort[0].field,
+            SortField::Either(a, b) if matches!(&**a, SortField::Param { param, .. } if param == "code")
+                && matches!(&**b, SortField::Param { param, .. } if param == "component-code")
+        ));
+        // a chain into Observation reads the parts too
+        let p = strict("DiagnosticReport", "result.combo-code=8480-6").unwrap();
+        assert!(matches!(
+            &p.query.clauses[0],
+            Clause::Chain { inner, .. } if matches!(inner[0], Clause::Any(_))
+        ));
     }
 
     #[test]

@@ -411,6 +411,11 @@ impl Store for GuardedStore {
         self.inner.compact().await
     }
 
+    async fn analyze(&self) -> Result<()> {
+        // statistics only: no data is read or changed, so any caller may ask
+        self.inner.analyze().await
+    }
+
     async fn snapshot_seq(&self) -> Result<i64> {
         self.inner.snapshot_seq().await
     }

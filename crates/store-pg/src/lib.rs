@@ -906,6 +906,16 @@ impl Store for PgStore {
         Ok(v.as_deref() == Some("1"))
     }
 
+    async fn analyze(&self) -> Result<()> {
+        let c = self.conn().await?;
+        c.batch_execute(
+            "ANALYZE resources, resource_versions, idx_token, idx_string, idx_reference, \
+             idx_date, idx_number, idx_uri, fulltext, contained",
+        )
+        .await
+        .map_err(db_err)
+    }
+
     async fn compact(&self) -> Result<()> {
         // Deleted tuples stay in the heap until VACUUM reclaims them; autovacuum does
         // that in the background (docs/security.md: erasure on PostgreSQL).

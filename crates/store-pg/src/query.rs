@@ -450,9 +450,15 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
             // the references (through `param`) to current targets that match `inner`
             let x = q.alias("cx");
             let t = q.alias("ct");
+            // The join also names the `idx_reference_target` key (`left(…, 128)`), so
+            // the planner can start from the few targets the inner criteria select and
+            // look their references up, instead of scanning every reference of
+            // `param` (a 2-level chain took 300 ms at 90k resources).
             q.push(&format!(
                 "{a}.rid IN (SELECT {x}.rid FROM idx_reference {x} JOIN resources {t} \
-                 ON {t}.rtype = {x}.target_type AND {t}.id = {x}.target_id WHERE "
+                 ON left({x}.target_type, {KEY_CHARS}) = left({t}.rtype, {KEY_CHARS}) \
+                 AND left({x}.target_id, {KEY_CHARS}) = left({t}.id, {KEY_CHARS}) \
+                 AND {t}.rtype = {x}.target_type AND {t}.id = {x}.target_id WHERE "
             ));
             param_cond(q, &x, param);
             in_types(q, &format!("{x}.rtype"), types);
@@ -473,9 +479,15 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String]) {
             // current `source_type` resources that match `inner` and reference this one
             let x = q.alias("hx");
             let s = q.alias("hs");
+            // A correlated EXISTS through the `idx_reference_target` key: the planner
+            // may look up the references to each candidate (few candidates, e.g. one
+            // `_id`) or hash the sources (many); `(rtype, id) IN (…)` allowed only
+            // the latter, since it could not use the `left(…, 128)` index key.
             q.push(&format!(
-                "({a}.rtype, {a}.id) IN (SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} \
-                 JOIN resources {s} ON {s}.rid = {x}.rid WHERE "
+                "EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {s} ON {s}.rid = {x}.rid \
+                 WHERE left({x}.target_type, {KEY_CHARS}) = left({a}.rtype, {KEY_CHARS}) \
+                 AND left({x}.target_id, {KEY_CHARS}) = left({a}.id, {KEY_CHARS}) \
+                 AND {x}.target_type = {a}.rtype AND {x}.target_id = {a}.id AND "
             ));
             eq_key(q, &format!("{x}.param"), param);
             q.push(&format!(" AND {x}.rtype = "));
@@ -497,6 +509,7 @@ fn is_text(field: &SortField) -> bool {
     match field {
         SortField::Id => true,
         SortField::LastUpdated | SortField::Relevance { .. } | SortField::Quantity { .. } => false,
+        SortField::Either(a, _) => is_text(a),
         SortField::Param { kind, .. } => matches!(
             kind,
             IndexKind::Token | IndexKind::String | IndexKind::Reference | IndexKind::Uri
@@ -524,6 +537,14 @@ fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
         }
         SortField::Id => "r.id".into(),
         SortField::LastUpdated => "r.last_updated".into(),
+        SortField::Either(a, b) => {
+            // LEAST/GREATEST ignore NULLs: an absent side yields the present one. Text
+            // compares byte-wise, as every sort key does (`COLLATE "C"` in `inner`).
+            let c = if is_text(field) { " COLLATE \"C\"" } else { "" };
+            let (a, b) = (sort_expr(q, a, descending), sort_expr(q, b, descending));
+            let f = if descending { "GREATEST" } else { "LEAST" };
+            format!("{f}(({a}){c}, ({b}){c})")
+        }
         SortField::Quantity { param, canonical } => {
             let agg = if descending { "max" } else { "min" };
             let (x, y) = (q.alias("o"), q.alias("o"));

@@ -943,6 +943,9 @@ pub async fn reindexing(store: Arc<dyn Store>) {
     assert_eq!(cur.version, 1, "reindexing makes no version");
     store.clear_reindex_pending().await.unwrap();
     assert!(!store.reindex_pending().await.unwrap());
+    // statistics after a bulk load: changes nothing a search returns
+    store.analyze().await.unwrap();
+    assert_eq!(ids(&store, code("old")).await, vec!["2"]);
 }
 
 pub async fn savepoints_undo_only_their_unit(store: Arc<dyn Store>) {

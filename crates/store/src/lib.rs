@@ -105,6 +105,12 @@ pub trait Store: Send + Sync + 'static {
     /// files (SQLite: merge the full-text index, checkpoint and truncate the WAL; deleted
     /// cells are already zeroed by `secure_delete`).
     async fn compact(&self) -> Result<()>;
+    /// After a bulk load (`salus import`, `$import`, `salus migrate`): bring the
+    /// database's planner statistics up to date. PostgreSQL plans every search from
+    /// them, and until autovacuum's next round a table just filled looks empty, so a
+    /// patient's lookup became a scan of all Observations (seconds instead of
+    /// milliseconds). SQLite's searches are planned by Salus itself: nothing to do.
+    async fn analyze(&self) -> Result<()>;
     /// The `seq` of the newest committed version (0 for an empty store) such that no
     /// version at or below it can still commit: a snapshot point for
     /// [`Store::snapshot_scan`] and for reading the change feed up to. On SQLite (one

@@ -418,6 +418,10 @@ pub enum SortField {
         param: String,
         canonical: String,
     },
+    /// The smaller (ascending) or larger (descending) of two keys' values, where either
+    /// may be absent: a parameter defined as the union of two others (R4's
+    /// `Observation` `combo-*`, see `salus_search::parse::union_parts`).
+    Either(Box<SortField>, Box<SortField>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,60 +45,68 @@ pub(crate) fn table(kind: IndexKind) -> &'static str {
     }
 }
 
-/// Start `{a}.rid IN (SELECT x.rid FROM {table} x WHERE <type constraint> AND x.param = ? AND (`
+/// Start `{a}.rid IN (SELECT x.rid FROM {table} x WHERE x.pid IN (<the parameter's ids>) AND (`
 /// — or, when `drive` is false, a correlated `EXISTS` on the candidate row; either way
 /// the caller appends the value condition and closes with `))`.
 fn open_lookup(q: &mut Q, a: &str, types: &[String], tbl: &str, x: &str, param: &str, drive: bool) {
-    if !drive {
+    if drive {
+        q.push(&format!("{a}.rid IN (SELECT {x}.rid FROM {tbl} {x} WHERE "));
+    } else {
         // A correlated check of the candidate row (through the table's `rid` index).
         q.push(&format!(
             "EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.rid = {a}.rid AND "
         ));
-        param_cond(q, x, param);
-        q.push(" AND (");
-        return;
     }
-    q.push(&format!("{a}.rid IN (SELECT {x}.rid FROM {tbl} {x} WHERE "));
+    pid_cond(q, x, types, param, false);
+    q.push(" AND (");
+}
+
+/// Index rows name their search parameter by `pid`, the `params` row of (resource type,
+/// parameter name): `{x}.pid = (SELECT pid FROM params WHERE rtype = ? AND param = ?)`
+/// for one type, an `IN` list for several or any type (`types` empty), and for a name
+/// ending in `|*` (see [`crate::Clause`]) the ids of every name that starts with the
+/// part before the `*`. `plus` (`+{x}.pid`) keeps SQLite from driving by it.
+pub(crate) fn pid_cond(q: &mut Q, x: &str, types: &[String], param: &str, plus: bool) {
+    let plus = if plus { "+" } else { "" };
+    let prefix = param.strip_suffix('*').filter(|p| p.ends_with('|'));
+    match (types, prefix) {
+        ([_], None) => q.push(&format!("{plus}{x}.pid = (SELECT pid FROM params WHERE ")),
+        _ => q.push(&format!("{plus}{x}.pid IN (SELECT pid FROM params WHERE ")),
+    }
     match types {
+        [] => {}
         [one] => {
-            q.push(&format!("{x}.rtype = "));
+            q.push("rtype = ");
             q.text_arg(one);
+            q.push(" AND ");
         }
-        [] => q.push("1=1"),
         many => {
-            q.push(&format!("{x}.rtype IN ("));
+            q.push("rtype IN (");
             for (i, t) in many.iter().enumerate() {
                 if i > 0 {
                     q.push(",");
                 }
                 q.text_arg(t);
             }
-            q.push(")");
+            q.push(") AND ");
         }
     }
-    q.push(" AND ");
-    param_cond(q, x, param);
-    q.push(" AND (");
-}
-
-/// `{x}.param = ?`, or for a name ending in `|*` (see [`crate::Clause`]) a range over
-/// the names that start with the part before the `*`.
-fn param_cond(q: &mut Q, x: &str, param: &str) {
-    match param.strip_suffix('*').filter(|p| p.ends_with('|')) {
+    match prefix {
         Some(prefix) => {
             // '}' follows '|' in byte order: [prefix, prefix-with-'}') holds exactly
             // the names starting with the prefix.
             let upper = format!("{}}}", &prefix[..prefix.len() - 1]);
-            q.push(&format!("{x}.param >= "));
+            q.push("param >= ");
             q.text_arg(prefix);
-            q.push(&format!(" AND {x}.param < "));
+            q.push(" AND param < ");
             q.text_arg(&upper);
         }
         None => {
-            q.push(&format!("{x}.param = "));
+            q.push("param = ");
             q.text_arg(param);
         }
     }
+    q.push(")");
 }
 
 /// The condition for one range criterion against columns `lo`/`hi` (R4 search.html#prefix):
@@ -358,10 +366,10 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bo
             let x = q.alias("m");
             q.push(if *missing { "NOT EXISTS" } else { "EXISTS" });
             q.push(&format!(
-                " (SELECT 1 FROM {} {x} WHERE {x}.rid = {a}.rid AND {x}.param = ",
+                " (SELECT 1 FROM {} {x} WHERE {x}.rid = {a}.rid AND ",
                 table(*kind)
             ));
-            q.text_arg(param);
+            pid_cond(q, &x, types, param, false);
             q.push(")");
         }
         Clause::Not(inner) => {
@@ -395,9 +403,9 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bo
                 q.push(&format!(
                     "EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {t} \
                      ON {t}.rtype = {x}.target_type AND {t}.id = {x}.target_id \
-                     WHERE {x}.rid = {a}.rid AND {x}.param = "
+                     WHERE {x}.rid = {a}.rid AND "
                 ));
-                q.text_arg(param);
+                pid_cond(q, &x, types, param, false);
                 q.push(&format!(" AND {t}.deleted = 0"));
                 in_types(q, &format!("{t}.rtype"), target_types);
                 for c in inner {
@@ -457,14 +465,12 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bo
                 // check the references to this candidate
                 q.push(&format!(
                     "EXISTS (SELECT 1 FROM idx_reference {x} JOIN resources {s} ON {s}.rid = {x}.rid \
-                     WHERE {x}.target_type = {a}.rtype AND {x}.target_id = {a}.id AND +{x}.param = "
+                     WHERE {x}.target_type = {a}.rtype AND {x}.target_id = {a}.id AND "
                 ));
-                q.text_arg(param);
-                // `+`: look up by target (idx_reference_target), not by type and parameter
-                q.push(&format!(" AND +{x}.rtype = "));
-                q.text_arg(source_type);
-                q.push(&format!(" AND {s}.deleted = 0"));
                 let src = vec![source_type.clone()];
+                // `+`: look up by target (idx_reference_target), not by the parameter
+                pid_cond(q, &x, &src, param, true);
+                q.push(&format!(" AND {s}.deleted = 0"));
                 for c in inner {
                     q.push(" AND (");
                     clause(q, c, &s, &src, false);
@@ -476,14 +482,14 @@ pub(crate) fn clause(q: &mut Q, c: &Clause, a: &str, types: &[String], drive: bo
             // inner first: the matching sources, then what they reference
             q.push(&format!(
                 "({a}.rtype, {a}.id) IN (SELECT {x}.target_type, {x}.target_id FROM idx_reference {x} \
-                 WHERE {x}.param = "
+                 WHERE "
             ));
-            q.text_arg(param);
+            let src = vec![source_type.clone()];
+            pid_cond(q, &x, &src, param, false);
             q.push(&format!(
                 " AND {x}.rid IN (SELECT {s}.rid FROM resources {s} WHERE {s}.deleted = 0 AND +{s}.rtype = "
             ));
             q.text_arg(source_type);
-            let src = vec![source_type.clone()];
             let lead = driver(inner);
             for (i, c) in inner.iter().enumerate() {
                 q.push(" AND (");
@@ -509,13 +515,20 @@ fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
         }
         SortField::Id => "r.id".into(),
         SortField::LastUpdated => "r.last_updated".into(),
+        SortField::Either(a, b) => {
+            // SQLite's scalar min/max are NULL when an argument is: coalesce each with
+            // the other, so an absent side yields the present one.
+            let (a, b) = (sort_expr(q, a, descending), sort_expr(q, b, descending));
+            let f = if descending { "max" } else { "min" };
+            format!("{f}(coalesce({a}, {b}), coalesce({b}, {a}))")
+        }
         SortField::Quantity { param, canonical } => {
             let agg = if descending { "max" } else { "min" };
             let (x, y) = (q.alias("o"), q.alias("o"));
             let (p, c) = (param.replace('\'', "''"), canonical.replace('\'', "''"));
             format!(
-                "coalesce((SELECT {agg}({x}.value) FROM idx_number {x} WHERE {x}.rid = r.rid AND {x}.param = '{c}'), \
-                 (SELECT {agg}({y}.value) FROM idx_number {y} WHERE {y}.rid = r.rid AND {y}.param = '{p}'))"
+                "coalesce((SELECT {agg}({x}.value) FROM idx_number {x} WHERE {x}.rid = r.rid AND {x}.pid IN (SELECT pid FROM params WHERE param = '{c}')), \
+                 (SELECT {agg}({y}.value) FROM idx_number {y} WHERE {y}.rid = r.rid AND {y}.pid IN (SELECT pid FROM params WHERE param = '{p}')))"
             )
         }
         SortField::Param { param, kind } => {
@@ -533,7 +546,7 @@ fn sort_expr(q: &mut Q, field: &SortField, descending: bool) -> String {
             // the parameter name is a literal from the server's own tables: quote it safely
             let p = param.replace('\'', "''");
             format!(
-                "(SELECT {agg}({x}.{col}) FROM {} {x} WHERE {x}.rid = r.rid AND {x}.param = '{p}')",
+                "(SELECT {agg}({x}.{col}) FROM {} {x} WHERE {x}.rid = r.rid AND {x}.pid IN (SELECT pid FROM params WHERE param = '{p}'))",
                 table(*kind)
             )
         }

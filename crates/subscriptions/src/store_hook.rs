@@ -78,6 +78,9 @@ impl Store for NotifyingStore {
     async fn compact(&self) -> Result<()> {
         self.inner.compact().await
     }
+    async fn analyze(&self) -> Result<()> {
+        self.inner.analyze().await
+    }
     async fn snapshot_seq(&self) -> Result<i64> {
         self.inner.snapshot_seq().await
     }
