@@ -540,10 +540,13 @@ pub fn union_parts(def: &SearchParamDef) -> Option<(&'static str, &'static str)>
             "component-value-quantity",
         ),
     ];
-    let (_, own, component) = UNIONS.iter().find(|(code, _, _)| {
-        *code == def.code
-            && def.url == format!("http://hl7.org/fhir/SearchParameter/Observation-{code}")
-    })?;
+    // the official definitions only: a custom parameter of the same name is stored
+    let official = def
+        .url
+        .strip_prefix("http://hl7.org/fhir/SearchParameter/Observation-")?;
+    let (_, own, component) = UNIONS
+        .iter()
+        .find(|(code, _, _)| *code == def.code && *code == official)?;
     Some((own, component))
 }
 

@@ -985,7 +985,7 @@ async fn put_all(store: &Arc<dyn Store>, items: Vec<(&str, &str, Vec<IndexRow>)>
     tx.commit().await.unwrap();
 }
 
-async fn ids(store: &Arc<dyn Store>, q: SearchQuery) -> Vec<String> {
+pub(crate) async fn ids(store: &Arc<dyn Store>, q: SearchQuery) -> Vec<String> {
     let mut v: Vec<String> = store
         .search(&q)
         .await

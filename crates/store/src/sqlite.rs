@@ -1677,20 +1677,9 @@ mod tests {
             )
             .unwrap();
         }
-        let store = SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap();
-        let st = &store;
-        let ids = |q: SearchQuery| async move {
-            let mut v: Vec<String> = st
-                .search(&q)
-                .await
-                .unwrap()
-                .entries
-                .into_iter()
-                .map(|e| e.id)
-                .collect();
-            v.sort();
-            v
-        };
+        let store = Arc::new(SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap());
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let ids = |q: SearchQuery| crate::contract::ids(&dyn_store, q);
         let q = |rtype: &str, c: Clause| {
             let mut q = SearchQuery::new(rtype);
             q.clauses = vec![c];
@@ -1802,14 +1791,7 @@ mod tests {
                 code: Some("female".into()),
             }],
         }];
-        let found: Vec<String> = store
-            .search(&q)
-            .await
-            .unwrap()
-            .entries
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let found = crate::contract::ids(&(Arc::new(store) as Arc<dyn Store>), q).await;
         assert_eq!(found, ["b"]);
     }
 
