@@ -76,6 +76,10 @@ pub(crate) struct TyInfo {
     pub quantity: bool,
     /// Abstract `Resource`/`DomainResource`: the concrete type comes from `resourceType`.
     pub abstract_resource: bool,
+    /// The type's name and its base types' names, nearest first (`Age`, `Quantity`,
+    /// `Element`, `Base`): `is`, `as` and `ofType` test membership here instead of
+    /// walking the definitions by name on every node.
+    pub lineage: Box<[&'static str]>,
 }
 
 /// One way a child element can appear in JSON.
@@ -139,6 +143,21 @@ fn upper_first(s: &str) -> String {
     }
 }
 
+/// `name` and the names of its base types, nearest first (at most 16: the definitions
+/// have no cycles, the bound only guards against a corrupt table).
+fn lineage(name: &'static str) -> Box<[&'static str]> {
+    let mut out = vec![];
+    let mut cur = Some(name).filter(|n| !n.is_empty());
+    while let Some(n) = cur {
+        if out.len() == 16 {
+            break;
+        }
+        out.push(n);
+        cur = defs::type_def(n).and_then(|t| t.base);
+    }
+    out.into_boxed_slice()
+}
+
 fn build() -> Model {
     let types = defs::types();
     let mut tys = vec![TyInfo {
@@ -148,6 +167,7 @@ fn build() -> Model {
         prim: None,
         quantity: false,
         abstract_resource: false,
+        lineage: Box::new([]),
     }];
     let mut by_name: FxMap<&'static str, TyId> = FxMap::default();
     let mut ctxs: Vec<Ctx> = Vec::new();
@@ -185,6 +205,7 @@ fn build() -> Model {
             prim,
             quantity: kind == Kind::Complex && is_quantity(t.name),
             abstract_resource: kind == Kind::Resource && t.is_abstract,
+            lineage: lineage(t.name),
         });
         by_name.insert(t.name, id);
     }
@@ -203,6 +224,7 @@ fn build() -> Model {
                     prim: None,
                     quantity: false,
                     abstract_resource: false,
+                    lineage: lineage(e.types[0].code),
                 });
                 backbone_ty.insert(e.path, id);
             }
@@ -287,19 +309,7 @@ impl Model {
     /// Whether `ty` is the FHIR type `target` or derives from it (`Patient` is a
     /// `DomainResource`, `code` is a `string`, `Age` is a `Quantity`).
     pub fn is_subtype(&self, ty: TyId, target: &str) -> bool {
-        let mut cur = Some(self.ty(ty).name).filter(|n| !n.is_empty());
-        let mut guard = 0;
-        while let Some(n) = cur {
-            if n == target {
-                return true;
-            }
-            guard += 1;
-            if guard > 16 {
-                return false;
-            }
-            cur = defs::type_def(n).and_then(|t| t.base);
-        }
-        false
+        self.ty(ty).lineage.contains(&target)
     }
 
     pub fn child(&self, ty: TyId, name: &str) -> Option<&Child> {

@@ -2,10 +2,11 @@
 //! resource is validated, then all are written in one store transaction, so a bad
 //! input leaves nothing behind.
 
+use crate::index::{self, Indexed};
 use crate::service::{
     check_body, make_live, new_id, prepare_version, tx_write, valid_id, PreparedVersion,
 };
-use crate::{index, FhirError, FhirService};
+use crate::{FhirError, FhirService};
 use salus_fhir::{Issue, IssueCode};
 use salus_store::{Method, NewVersion, StoreTx};
 use serde_json::Value;
@@ -115,57 +116,71 @@ impl FhirService {
         items: Vec<Value>,
     ) -> Result<usize, FhirError> {
         let n = items.len();
-        let write = async {
-            let keys: Vec<(String, String)> = items
-                .iter()
-                .map(|item| {
-                    let rtype = item
-                        .get("resourceType")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    let id = item
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .unwrap_or_else(new_id);
-                    (rtype, id)
-                })
-                .collect();
-            // One lookup for the whole unit, so writes stream to the store without a
-            // round trip each.
-            let heads = tx.heads(&keys).await?;
-            let mut seen = HashSet::new();
-            // stored together (`put_many`: a bulk path where the backend has one)
-            let mut batch = Batch::default();
-            for ((item, (rtype, id)), head) in items.into_iter().zip(keys).zip(heads) {
-                if !seen.insert((rtype.clone(), id.clone())) {
-                    // The same resource twice in one unit: the later one is a new
-                    // version of the earlier.
-                    batch.store(tx).await?;
-                    tx_write(tx, &rtype, &id, item, None, Method::Put).await?;
-                    continue;
-                }
+        let keys: Vec<(String, String)> = items
+            .iter()
+            .map(|item| {
+                let rtype = item
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(new_id);
+                (rtype, id)
+            })
+            .collect();
+        // Index rows depend on nothing stored: a blocking thread extracts them, in order,
+        // while `heads` below waits for the writer to finish what is queued before it
+        // (the previous part of a large file), and stays ahead of the writes after.
+        let (send, mut extracted) = tokio::sync::mpsc::channel::<(Value, Indexed)>(WRITE_AHEAD);
+        let extractor = tokio::task::spawn_blocking(move || {
+            for item in items {
                 let index = index::extract(&item);
-                batch.push(prepare_version(
-                    &rtype,
-                    &id,
-                    item,
-                    index,
-                    head,
-                    Method::Put,
-                    None,
-                )?);
-                if batch.writes.len() >= WRITE_AHEAD {
-                    // Hand these to the store now: it writes them while the next ones
-                    // are indexed here.
-                    batch.store(tx).await?;
+                if send.blocking_send((item, index)).is_err() {
+                    return; // the write failed; nobody waits for the rest
                 }
             }
-            batch.store(tx).await?;
-            Ok::<_, FhirError>(())
-        };
-        write.await?;
+        });
+        // One lookup for the whole unit, so writes stream to the store without a
+        // round trip each.
+        let heads = tx.heads(&keys).await?;
+        let mut seen = HashSet::new();
+        // stored together (`put_many`: a bulk path where the backend has one)
+        let mut batch = Batch::default();
+        for ((rtype, id), head) in keys.into_iter().zip(heads) {
+            let Some((item, index)) = extracted.recv().await else {
+                let why = match extractor.await {
+                    Err(e) if e.is_panic() => "index extraction failed (panicked)",
+                    _ => "index extraction stopped early",
+                };
+                return Err(FhirError::Internal(why.into()));
+            };
+            if !seen.insert((rtype.clone(), id.clone())) {
+                // The same resource twice in one unit: the later one is a new
+                // version of the earlier.
+                batch.store(tx).await?;
+                tx_write(tx, &rtype, &id, item, None, Method::Put).await?;
+                continue;
+            }
+            batch.push(prepare_version(
+                &rtype,
+                &id,
+                item,
+                index,
+                head,
+                Method::Put,
+                None,
+            )?);
+            if batch.writes.len() >= WRITE_AHEAD {
+                // Hand these to the store now: it writes them while the next ones
+                // are prepared here.
+                batch.store(tx).await?;
+            }
+        }
+        batch.store(tx).await?;
         Ok(n)
     }
 

@@ -71,6 +71,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     snapshots_ignore_later_writes(store.clone()).await;
     change_feed_in_seq_order(store.clone()).await;
     put_many_matches_puts(store.clone()).await;
+    put_many_in_one_small_batch(store.clone()).await;
     scan_versions_in_canonical_order(store).await;
 }
 
@@ -132,6 +133,65 @@ fn many_writes(rtype: &str) -> Vec<NewVersion> {
     del.method = Method::Delete;
     out.push(del);
     out
+}
+
+/// A small `put_many` (one job of the SQLite writer, whose index rows of new resources
+/// are written together at its end): a resource created and updated in the same batch
+/// keeps only its second version's rows, and a resource with more rows of one kind than
+/// one multi-row statement takes keeps them all.
+pub async fn put_many_in_one_small_batch(store: Arc<dyn Store>) {
+    let tok = |c: &str| token("code", Some("http://s"), c);
+    let mut first = new_version("Small", "x", 1, None, "{}");
+    first.index = vec![tok("first"), tok("both")];
+    let mut second = new_version("Small", "x", 2, Some(1), "{}");
+    second.index = vec![tok("second"), tok("both")];
+    let mut wide = new_version("Small", "wide", 1, None, "{}");
+    // 70 = 64 + 4 + 1 + 1: every statement size, and a repeated row counted once.
+    wide.index = (0..69).map(|i| tok(&format!("w{i}"))).collect();
+    wide.index.push(tok("w7"));
+    let mut tx = store.begin().await.unwrap();
+    tx.put_many(vec![first, wide, second]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let code = |c: &str| {
+        query(
+            "Small",
+            vec![Clause::Token {
+                param: "code".into(),
+                any: vec![TokenMatch {
+                    system: Some("http://s".into()),
+                    code: Some(c.into()),
+                }],
+            }],
+        )
+    };
+    assert!(
+        ids(&store, code("first")).await.is_empty(),
+        "the first version's row is gone"
+    );
+    assert_eq!(ids(&store, code("second")).await, ["x"]);
+    assert_eq!(ids(&store, code("both")).await, ["x"]);
+    for i in 0..69 {
+        assert_eq!(
+            ids(&store, code(&format!("w{i}"))).await,
+            ["wide"],
+            "row w{i}"
+        );
+    }
+    let any: Vec<TokenMatch> = (0..69)
+        .map(|i| TokenMatch {
+            system: Some("http://s".into()),
+            code: Some(format!("w{i}")),
+        })
+        .collect();
+    let q = query(
+        "Small",
+        vec![Clause::Token {
+            param: "code".into(),
+            any,
+        }],
+    );
+    assert_eq!(ids(&store, q).await, ["wide"]);
 }
 
 /// `put_many` of a large batch stores exactly what the same `put`s store: reads,

@@ -491,7 +491,9 @@ fn configure(conn: &Connection, options: &SqliteOptions, reader: bool, path: &Pa
         }
     ))
     .map_err(db_err)?;
-    conn.set_prepared_statement_cache_capacity(64);
+    // The writer alone prepares ~60 distinct statements (the multi-row index inserts of
+    // `PendingRows` are 24 of them); a miss costs a fresh prepare.
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(())
 }
 
@@ -1037,7 +1039,9 @@ impl SqliteTx {
     }
 }
 
-fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
+/// Store one version. A new resource's index rows go to `pending` (written by the
+/// caller's [`PendingRows::flush`]); everything else is written here.
+fn put_sync(conn: &Connection, mut w: NewVersion, pending: &mut PendingRows) -> Result<()> {
     let found: Option<(i64, i64)> = conn
         .prepare_cached("SELECT version, rid FROM resources WHERE rtype = ?1 AND id = ?2")
         .map_err(db_err)?
@@ -1073,6 +1077,10 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
     let seq = conn.last_insert_rowid();
     let rid = match rid {
         Some(rid) => {
+            // The diff below reads the stored rows: those of this job must be there.
+            if !pending.is_empty() {
+                pending.flush(conn)?;
+            }
             conn.prepare_cached(
                 "UPDATE resources SET version = ?2, seq = ?3, deleted = ?4, last_updated = ?5 \
                  WHERE rid = ?1",
@@ -1123,10 +1131,23 @@ fn put_sync(conn: &Connection, w: NewVersion) -> Result<()> {
         }
     };
     if w.body.is_some() {
-        insert_index(conn, &w.rtype, rid, &w.index, w.fulltext.as_ref())?;
+        insert_fulltext(conn, rid, w.fulltext.as_ref())?;
+        pending.add(conn, &w.rtype, rid, std::mem::take(&mut w.index))?;
         insert_contained(conn, rid, &w.contained)?;
     }
     Ok(())
+}
+
+/// Store versions in order in one writer job (see [`put_sync`]); the index rows of the
+/// new resources among them are written together at the end, also when one fails (the
+/// versions before it stay written, as with one `put` each).
+fn put_all(conn: &Connection, writes: impl IntoIterator<Item = NewVersion>) -> Result<()> {
+    let mut pending = PendingRows::default();
+    let stored = writes
+        .into_iter()
+        .try_for_each(|w| put_sync(conn, w, &mut pending));
+    let flushed = pending.flush(conn);
+    stored.and(flushed)
 }
 
 /// Replace the index rows and full text of `rtype/id` if its current version is
@@ -1415,79 +1436,172 @@ fn insert_index<'a>(
     rows: impl IntoIterator<Item = &'a IndexRow>,
     fulltext: Option<&FullText>,
 ) -> Result<()> {
+    insert_fulltext(conn, rid, fulltext)?;
+    let mut pending = PendingRows::default();
+    pending.add(conn, rtype, rid, rows.into_iter().cloned())?;
+    pending.flush(conn)
+}
+
+fn insert_fulltext(conn: &Connection, rid: i64, fulltext: Option<&FullText>) -> Result<()> {
     if let Some(t) = fulltext.filter(|t| !t.content.is_empty()) {
         conn.prepare_cached("INSERT INTO fulltext (rowid, narrative, content) VALUES (?1, ?2, ?3)")
             .map_err(db_err)?
             .execute(params![rid, t.narrative, t.content])
             .map_err(db_err)?;
     }
+    Ok(())
+}
+
+/// Rows per multi-row `INSERT` of [`PendingRows::flush`], largest first: a run of rows
+/// is written in statements of these sizes, so only a few distinct statements are ever
+/// prepared per table.
+const ROW_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// Per index table and per size in [`ROW_CHUNKS`]: `INSERT OR IGNORE INTO t (key
+/// columns, rid) VALUES (…), (…), …` with that many rows.
+static INSERT_ROWS_SQL: std::sync::LazyLock<Vec<Vec<String>>> = std::sync::LazyLock::new(|| {
+    INDEX_TABLES
+        .iter()
+        .zip(INDEX_KEY_COLUMNS)
+        .map(|(name, cols)| {
+            let one = format!("({})", vec!["?"; cols.len() + 1].join(", "));
+            ROW_CHUNKS
+                .iter()
+                .map(|&n| {
+                    format!(
+                        "INSERT OR IGNORE INTO {name} ({}, rid) VALUES {}",
+                        cols.join(", "),
+                        vec![one.as_str(); n].join(", ")
+                    )
+                })
+                .collect()
+        })
+        .collect()
+});
+
+/// Index rows waiting to be inserted, by table (position in [`INDEX_TABLES`]), each with
+/// its parameter id and resource. Rows of many resources are written together, a few
+/// multi-row statements per table instead of one statement per row (the per-statement
+/// work — cache lookup, bind, step, reset — was half of a row's cost).
+///
+/// Whoever adds rows flushes before anything on the connection reads or deletes index
+/// rows, and before the writer job ends.
+#[derive(Default)]
+struct PendingRows {
+    tables: [Vec<(i64, i64, IndexRow)>; 6],
+}
+
+impl PendingRows {
+    fn add(
+        &mut self,
+        conn: &Connection,
+        rtype: &str,
+        rid: i64,
+        rows: impl IntoIterator<Item = IndexRow>,
+    ) -> Result<()> {
+        for row in rows {
+            let (table, param) = match &row {
+                IndexRow::Token { param, .. } => (0, param),
+                IndexRow::String { param, .. } => (1, param),
+                IndexRow::Reference { param, .. } => (2, param),
+                IndexRow::Date { param, .. } => (3, param),
+                IndexRow::Number { param, .. } => (4, param),
+                IndexRow::Uri { param, .. } => (5, param),
+            };
+            let pid = pid(conn, rtype, param)?;
+            self.tables[table].push((pid, rid, row));
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tables.iter().all(Vec::is_empty)
+    }
+
+    /// Write every pending row (and forget them, written or not).
+    fn flush(&mut self, conn: &Connection) -> Result<()> {
+        for (table, rows) in self.tables.iter_mut().enumerate() {
+            let mut rest = &rows[..];
+            for (size, sql) in ROW_CHUNKS.iter().zip(&INSERT_ROWS_SQL[table]) {
+                while rest.len() >= *size {
+                    let (chunk, tail) = rest.split_at(*size);
+                    let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
+                    let mut at = 1;
+                    for (pid, rid, row) in chunk {
+                        at = bind_row(&mut stmt, at, *pid, *rid, row).map_err(db_err)?;
+                    }
+                    stmt.raw_execute().map_err(db_err)?;
+                    rest = tail;
+                }
+            }
+            rows.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Bind one index row's columns (as in [`INDEX_KEY_COLUMNS`], then `rid`) from
+/// parameter `at` on; returns the next parameter's index.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    at: usize,
+    pid: i64,
+    rid: i64,
+    row: &IndexRow,
+) -> rusqlite::Result<usize> {
     fn opt(o: &Option<String>) -> &str {
         o.as_deref().unwrap_or("")
     }
-    for row in rows {
-        match row {
-            IndexRow::Token {
-                param,
-                system,
-                code,
-            } => conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO idx_token (pid, code, system, rid) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db_err)?
-                .execute(params![pid(conn, rtype, param)?, code, opt(system), rid]),
-            IndexRow::String {
-                param,
-                normalized,
-                exact,
-            } => conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO idx_string (pid, normalized, exact, rid) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db_err)?
-                .execute(params![pid(conn, rtype, param)?, normalized, exact, rid]),
-            IndexRow::Reference {
-                param,
-                target_type,
-                target_id,
-                version,
-            } => conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO idx_reference (pid, target_id, target_type, version, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(db_err)?
-                .execute(params![
-                    pid(conn, rtype, param)?,
-                    target_id,
-                    opt(target_type),
-                    opt(version),
-                    rid
-                ]),
-            IndexRow::Date { param, low, high } => conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO idx_date (pid, low, high, rid) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db_err)?
-                .execute(params![pid(conn, rtype, param)?, low, high, rid]),
-            IndexRow::Number {
-                param,
-                value,
-                system,
-                code,
-            } => conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO idx_number (pid, value, system, code, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(db_err)?
-                .execute(params![pid(conn, rtype, param)?, value, opt(system), opt(code), rid]),
-            IndexRow::Uri { param, uri } => conn
-                .prepare_cached("INSERT OR IGNORE INTO idx_uri (pid, uri, rid) VALUES (?1, ?2, ?3)")
-                .map_err(db_err)?
-                .execute(params![pid(conn, rtype, param)?, uri, rid]),
-        }
-        .map_err(db_err)?;
+    fn bind(
+        stmt: &mut rusqlite::Statement<'_>,
+        at: &mut usize,
+        v: impl rusqlite::ToSql,
+    ) -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(*at, v)?;
+        *at += 1;
+        Ok(())
     }
-    Ok(())
+    let mut i = at;
+    bind(stmt, &mut i, pid)?;
+    match row {
+        IndexRow::Token { system, code, .. } => {
+            bind(stmt, &mut i, code.as_str())?;
+            bind(stmt, &mut i, opt(system))?;
+        }
+        IndexRow::String {
+            normalized, exact, ..
+        } => {
+            bind(stmt, &mut i, normalized.as_str())?;
+            bind(stmt, &mut i, exact.as_str())?;
+        }
+        IndexRow::Reference {
+            target_type,
+            target_id,
+            version,
+            ..
+        } => {
+            bind(stmt, &mut i, target_id.as_str())?;
+            bind(stmt, &mut i, opt(target_type))?;
+            bind(stmt, &mut i, opt(version))?;
+        }
+        IndexRow::Date { low, high, .. } => {
+            bind(stmt, &mut i, low)?;
+            bind(stmt, &mut i, high)?;
+        }
+        IndexRow::Number {
+            value,
+            system,
+            code,
+            ..
+        } => {
+            bind(stmt, &mut i, value)?;
+            bind(stmt, &mut i, opt(system))?;
+            bind(stmt, &mut i, opt(code))?;
+        }
+        IndexRow::Uri { uri, .. } => bind(stmt, &mut i, uri.as_str())?,
+    }
+    bind(stmt, &mut i, rid)?;
+    Ok(i)
 }
 
 #[async_trait]
@@ -1528,7 +1642,7 @@ impl StoreTx for SqliteTx {
     }
 
     async fn put(&mut self, write: NewVersion) -> Result<()> {
-        self.queue_write(move |c| put_sync(c, write)).await
+        self.queue_write(move |c| put_all(c, [write])).await
     }
 
     /// Queued in jobs of [`PUT_MANY_CHUNK`] versions: the same order and checks as one
@@ -1538,8 +1652,7 @@ impl StoreTx for SqliteTx {
         let mut writes = writes.into_iter().peekable();
         while writes.peek().is_some() {
             let chunk: Vec<NewVersion> = writes.by_ref().take(PUT_MANY_CHUNK).collect();
-            self.queue_write(move |c| chunk.into_iter().try_for_each(|w| put_sync(c, w)))
-                .await?;
+            self.queue_write(move |c| put_all(c, chunk)).await?;
         }
         Ok(())
     }
