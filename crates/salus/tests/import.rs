@@ -439,6 +439,50 @@ async fn a_file_failing_at_write_time_leaves_its_batch_intact() {
     assert!(twice.body.as_deref().unwrap().contains("\"active\":true"));
 }
 
+/// A SearchParameter in an NDJSON file goes live when stored: the resources after it in
+/// the same file are indexed with it, the ones before it are not (until a reindex), as
+/// with one write each.
+#[tokio::test]
+async fn a_search_parameter_indexes_the_rest_of_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, svc) = local(dir.path());
+    let patient = |id: &str| {
+        json!({"resourceType": "Patient", "id": id, "address": [{"city": "Lyon"}]}).to_string()
+    };
+    let sp = json!({"resourceType": "SearchParameter",
+        "url": "http://example.org/fhir/SearchParameter/import-test-home-city",
+        "name": "ImportTestHomeCity", "status": "active", "description": "City of any address",
+        "code": "import-test-home-city", "base": ["Patient"], "type": "string",
+        "expression": "Patient.address.city"});
+    let lines = [
+        patient("before"),
+        sp.to_string(),
+        patient("after1"),
+        patient("after2"),
+    ];
+    std::fs::write(dir.path().join("p.ndjson"), lines.join("\n") + "\n").unwrap();
+    let report = import_paths(
+        &Target::Local(svc.clone()),
+        &[dir.path().join("p.ndjson")],
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files_failed, 0, "{:?}", report.problems);
+    assert_eq!(report.resources, 4);
+    let found = svc
+        .search(
+            "Patient",
+            &[("import-test-home-city".into(), "lyon".into())],
+            true,
+        )
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = found.page.entries.iter().map(|e| e.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["after1", "after2"]);
+}
+
 /// `salus reindex` rebuilds every current resource's indexes and reports the count.
 #[tokio::test]
 async fn reindex_command_covers_every_current_resource() {

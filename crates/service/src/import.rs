@@ -51,6 +51,70 @@ impl Batch {
     }
 }
 
+/// Where [`FhirService::checked_resources_into`] takes each resource with its index rows.
+enum Source {
+    /// Index rows depend on nothing stored, so a blocking thread extracts them, in
+    /// order, while `heads` waits for the writer to finish what is queued before it (the
+    /// previous part of a large file), and stays ahead of the writes after.
+    Ahead {
+        extracted: tokio::sync::mpsc::Receiver<(Value, Indexed)>,
+        extractor: tokio::task::JoinHandle<()>,
+    },
+    /// Extracted one by one just before each is prepared: a unit with a
+    /// `SearchParameter`, whose later resources are indexed with it once it is stored.
+    Inline(std::vec::IntoIter<Value>),
+}
+
+impl Source {
+    fn new(items: Vec<Value>) -> Source {
+        let defines_params = items
+            .iter()
+            .any(|i| i.get("resourceType").and_then(Value::as_str) == Some("SearchParameter"));
+        if defines_params {
+            return Source::Inline(items.into_iter());
+        }
+        let (send, extracted) = tokio::sync::mpsc::channel(WRITE_AHEAD);
+        let extractor = tokio::task::spawn_blocking(move || {
+            for item in items {
+                let index = index::extract(&item);
+                if send.blocking_send((item, index)).is_err() {
+                    return; // the write failed; nobody waits for the rest
+                }
+            }
+        });
+        Source::Ahead {
+            extracted,
+            extractor,
+        }
+    }
+
+    /// The next resource (the caller asks for exactly as many as it gave).
+    async fn next(&mut self) -> Result<(Value, Indexed), FhirError> {
+        match self {
+            Source::Inline(items) => {
+                let item = items
+                    .next()
+                    .ok_or_else(|| FhirError::Internal("import unit ran short".into()))?;
+                let index = index::extract(&item);
+                Ok((item, index))
+            }
+            Source::Ahead {
+                extracted,
+                extractor,
+            } => match extracted.recv().await {
+                Some(next) => Ok(next),
+                None => Err(FhirError::Internal(
+                    match extractor.await {
+                        Err(e) if e.is_panic() => "index extraction failed (panicked)",
+                        _ => "index extraction stopped early",
+                    }
+                    .into(),
+                )),
+            },
+        }
+    }
+}
+
 impl FhirService {
     /// Store resources (keeping their ids; assigning one when absent) in one
     /// transaction. Existing resources get a new version.
@@ -132,18 +196,7 @@ impl FhirService {
                 (rtype, id)
             })
             .collect();
-        // Index rows depend on nothing stored: a blocking thread extracts them, in order,
-        // while `heads` below waits for the writer to finish what is queued before it
-        // (the previous part of a large file), and stays ahead of the writes after.
-        let (send, mut extracted) = tokio::sync::mpsc::channel::<(Value, Indexed)>(WRITE_AHEAD);
-        let extractor = tokio::task::spawn_blocking(move || {
-            for item in items {
-                let index = index::extract(&item);
-                if send.blocking_send((item, index)).is_err() {
-                    return; // the write failed; nobody waits for the rest
-                }
-            }
-        });
+        let mut source = Source::new(items);
         // One lookup for the whole unit, so writes stream to the store without a
         // round trip each.
         let heads = tx.heads(&keys).await?;
@@ -151,13 +204,7 @@ impl FhirService {
         // stored together (`put_many`: a bulk path where the backend has one)
         let mut batch = Batch::default();
         for ((rtype, id), head) in keys.into_iter().zip(heads) {
-            let Some((item, index)) = extracted.recv().await else {
-                let why = match extractor.await {
-                    Err(e) if e.is_panic() => "index extraction failed (panicked)",
-                    _ => "index extraction stopped early",
-                };
-                return Err(FhirError::Internal(why.into()));
-            };
+            let (item, index) = source.next().await?;
             if !seen.insert((rtype.clone(), id.clone())) {
                 // The same resource twice in one unit: the later one is a new
                 // version of the earlier.
@@ -174,9 +221,10 @@ impl FhirService {
                 Method::Put,
                 None,
             )?);
-            if batch.writes.len() >= WRITE_AHEAD {
+            if batch.writes.len() >= WRITE_AHEAD || !batch.search_params.is_empty() {
                 // Hand these to the store now: it writes them while the next ones
-                // are prepared here.
+                // are prepared here. A SearchParameter is live once stored, and the
+                // resources after it are indexed with it.
                 batch.store(tx).await?;
             }
         }

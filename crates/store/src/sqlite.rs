@@ -1139,15 +1139,17 @@ fn put_sync(conn: &Connection, mut w: NewVersion, pending: &mut PendingRows) -> 
 }
 
 /// Store versions in order in one writer job (see [`put_sync`]); the index rows of the
-/// new resources among them are written together at the end, also when one fails (the
-/// versions before it stay written, as with one `put` each).
+/// new resources among them are written together at the end. After a failed write
+/// nothing more is written: the failure fails the transaction (`queue_write` reports it
+/// at the next call that waits, `commit` included, and only a rollback clears it), and
+/// after some errors SQLite has already rolled the transaction back, so a later
+/// statement would commit on its own.
 fn put_all(conn: &Connection, writes: impl IntoIterator<Item = NewVersion>) -> Result<()> {
     let mut pending = PendingRows::default();
-    let stored = writes
+    writes
         .into_iter()
-        .try_for_each(|w| put_sync(conn, w, &mut pending));
-    let flushed = pending.flush(conn);
-    stored.and(flushed)
+        .try_for_each(|w| put_sync(conn, w, &mut pending))?;
+    pending.flush(conn)
 }
 
 /// Replace the index rows and full text of `rtype/id` if its current version is
@@ -1518,7 +1520,8 @@ impl PendingRows {
         self.tables.iter().all(Vec::is_empty)
     }
 
-    /// Write every pending row (and forget them, written or not).
+    /// Write every pending row. After an error the transaction has failed and the rows
+    /// not written yet are dropped with the job.
     fn flush(&mut self, conn: &Connection) -> Result<()> {
         for (table, rows) in self.tables.iter_mut().enumerate() {
             let mut rest = &rows[..];
