@@ -11,7 +11,8 @@ use crate::error::status_line;
 use crate::query::parse_pairs;
 use crate::response::{entry_for_write, searchset};
 use crate::service::{
-    apply_patch, check_body, ensure_type, new_id, tx_delete, tx_match, tx_write, valid_id,
+    apply_patch, check_body, ensure_type, new_id, tx_delete, tx_match, tx_write, tx_write_known,
+    valid_id,
 };
 use crate::{FhirError, FhirService, Result, Return};
 use base64::Engine;
@@ -512,6 +513,10 @@ impl FhirService {
         // 3. Resolve identities: fullUrl → Type/id for every POST/PUT.
         let mut map: HashMap<String, String> = HashMap::new();
         let mut existing: HashSet<usize> = HashSet::new();
+        // What a conditional update's search found (or that its id is new), so step 5
+        // need not read the resource again: nothing else in the transaction may change
+        // it (`claim_target`).
+        let mut known: HashMap<usize, Option<VersionRecord>> = HashMap::new();
         for e in entries.iter_mut().filter(|e| e.verb != Verb::Delete) {
             let i = e.index;
             match e.verb {
@@ -549,8 +554,17 @@ impl FhirService {
                         .and_then(Value::as_str)
                         .map(str::to_owned);
                     e.id = Some(match found.as_slice() {
-                        [] => body_id.unwrap_or_else(new_id),
-                        [one] => one.id.clone(),
+                        [] => match body_id {
+                            Some(id) => id,
+                            None => {
+                                known.insert(i, None);
+                                new_id()
+                            }
+                        },
+                        [one] => {
+                            known.insert(i, Some(one.clone()));
+                            one.id.clone()
+                        }
                         _ => {
                             return Err(FhirError::PreconditionFailed(format!(
                             "Bundle.entry[{i}]: conditional update '{q}' matches more than one {}",
@@ -654,9 +668,10 @@ impl FhirService {
                     } else {
                         Method::Put
                     };
-                    let out = tx_write(tx, &rtype, &id, body, e.if_match, method)
-                        .await
-                        .map_err(|err| err.in_entry(i))?;
+                    let out =
+                        tx_write_known(tx, &rtype, &id, body, e.if_match, method, known.remove(&i))
+                            .await
+                            .map_err(|err| err.in_entry(i))?;
                     entry_for_write(&out.record, if out.created { 201 } else { 200 }, ret, base)
                 }
                 Verb::Patch => {

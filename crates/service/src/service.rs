@@ -238,13 +238,28 @@ pub(crate) async fn tx_write(
     if_match: Option<u64>,
     method: Method,
 ) -> Result<WriteOutcome> {
+    tx_write_known(tx, rtype, id, body, if_match, method, None).await
+}
+
+/// [`tx_write`] for a caller that already knows the resource's latest version in this
+/// transaction (`Some(None)`: nothing is stored under `id`), e.g. from the search of
+/// a conditional update: the store is not asked again.
+pub(crate) async fn tx_write_known(
+    tx: &mut dyn StoreTx,
+    rtype: &str,
+    id: &str,
+    body: Value,
+    if_match: Option<u64>,
+    method: Method,
+    known: Option<Option<VersionRecord>>,
+) -> Result<WriteOutcome> {
     // Index rows first: the store may still be applying the previous write meanwhile.
     let index = index::extract(&body);
-    // A POST's id was just generated (a random UUID): nothing can be stored under it.
-    let current = if method == Method::Post {
-        None
-    } else {
-        tx.read(rtype, id).await?
+    let current = match known {
+        Some(current) => current,
+        // A POST's id was just generated (a random UUID): nothing can be stored under it.
+        None if method == Method::Post => None,
+        None => tx.read(rtype, id).await?,
     };
     check_if_match(current.as_ref(), if_match, rtype, id)?;
     let head = current.as_ref().map(|c| Head {

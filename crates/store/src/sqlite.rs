@@ -10,6 +10,16 @@
 //! serialization overlap with B-tree inserts, on the second core); anything that
 //! returns data or ends a unit of work waits for the queue to drain, and reports a
 //! queued write's failure (see [`StoreTx::put`]).
+//!
+//! Commits are grouped. Write transactions take turns on the writer ([`Turns`]), each
+//! inside a savepoint of one SQLite transaction; when one commits while others wait,
+//! its savepoint is released and the next one starts in the same SQLite transaction,
+//! and the last one to finish (or the 64th) commits them all with one WAL write. Each
+//! caller's `commit` returns only after that COMMIT, so nothing is acknowledged before
+//! it is durable, and readers never see a transaction before its caller does. A
+//! transaction that fails or is dropped rolls back its own savepoint only. Small
+//! concurrent transactions (an HL7 feed on several connections, HTTP clients) share
+//! the pages they all touch, which is most of what a commit writes.
 
 use crate::{
     ContainedIndex, FullText, Head, HistoryPage, HistoryQuery, HistoryScope, IndexRow, Method,
@@ -19,9 +29,11 @@ use crate::{
 use async_trait::async_trait;
 use rusqlite::{params, types::Value as Sql, Connection, OpenFlags, OptionalExtension};
 use salus_keys::{sqlcipher, DataKey};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex, OwnedMutexGuard, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Durability of a commit (SQLite `PRAGMA synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -200,8 +212,9 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     options: SqliteOptions,
-    /// Held for the life of a write transaction: one at a time.
-    lock: Arc<AsyncMutex<()>>,
+    /// Whose turn it is on the writer: one write transaction at a time, committed in
+    /// groups.
+    turns: Arc<Turns>,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     checkpointer: Checkpointer,
@@ -353,6 +366,211 @@ fn truncate_wal(c: &Connection, running: &Mutex<()>, before: &str) -> Result<boo
     Ok(busy == 0)
 }
 
+/// Transactions committed into the open SQLite transaction, waiting for its COMMIT;
+/// touched only by jobs on the writer thread.
+#[derive(Default)]
+struct GroupCommit {
+    waiting: Mutex<Vec<oneshot::Sender<Result<()>>>>,
+    /// SQLite COMMITs run so far.
+    commits: std::sync::atomic::AtomicU64,
+}
+
+type Group = Arc<GroupCommit>;
+
+/// Transactions per group commit, at most: bounds how long the first one waits.
+const MAX_GROUP: usize = 64;
+
+/// Hands the writer to one write transaction at a time, in arrival order, and decides
+/// when the shared SQLite transaction commits: when a transaction ends and none waits
+/// (or [`MAX_GROUP`] have committed into it). While the writer is idle no SQLite
+/// transaction is open.
+struct Turns {
+    state: Mutex<TurnState>,
+    group: Group,
+    writer: Writer,
+}
+
+#[derive(Default)]
+struct TurnState {
+    /// A transaction (or a maintenance task) has the writer.
+    held: bool,
+    /// Those waiting for it, first come first served.
+    queue: VecDeque<oneshot::Sender<()>>,
+    /// Transactions committed since the last COMMIT was queued.
+    pending: usize,
+}
+
+impl Turns {
+    fn new(writer: Writer) -> Turns {
+        Turns {
+            state: Mutex::new(TurnState::default()),
+            group: Arc::default(),
+            writer,
+        }
+    }
+
+    /// Wait for the writer.
+    async fn acquire(self: &Arc<Self>) -> Turn {
+        let waiting = {
+            let mut s = self.state.lock().expect("turns");
+            if !s.held {
+                s.held = true;
+                return Turn::new(self.clone());
+            }
+            let (tx, rx) = oneshot::channel();
+            s.queue.push_back(tx);
+            rx
+        };
+        let mut waiting = Waiting {
+            turns: self.clone(),
+            rx: Some(waiting),
+        };
+        let given = waiting.rx.as_mut().expect("waiting").await;
+        waiting.rx = None;
+        match given {
+            Ok(()) => Turn::new(self.clone()),
+            // The sender lives in the queue until it is sent on: not reached.
+            Err(_) => unreachable!("a turn is never dropped unsent"),
+        }
+    }
+
+    /// Wait for the writer with no SQLite transaction open (maintenance outside any
+    /// transaction: checkpoints, compaction).
+    async fn acquire_alone(self: &Arc<Self>) -> Turn {
+        let turn = self.acquire().await;
+        let group = self.group.clone();
+        self.writer.queue_now(move |c| commit_group(c, &group));
+        self.state.lock().expect("turns").pending = 0;
+        turn
+    }
+
+    /// The holder is done (`committed`: its writes joined the group): give the writer
+    /// to the next waiter, committing the group first if it is full; with no one
+    /// waiting, commit.
+    fn pass(&self, committed: bool) {
+        let mut s = self.state.lock().expect("turns");
+        if committed {
+            s.pending += 1;
+        }
+        // A transaction that did not commit may have failed on what the group wrote
+        // (a version conflict after reading committed data): commit the group first,
+        // so a retry sees it, and repeated failures cannot hold the group back.
+        if s.pending >= MAX_GROUP || (!committed && s.pending > 0) {
+            self.queue_commit(&mut s);
+        }
+        while let Some(next) = s.queue.pop_front() {
+            if next.send(()).is_ok() {
+                return;
+            }
+        }
+        s.held = false;
+        // Queued before anyone can take the writer again, so it runs first.
+        self.queue_commit(&mut s);
+    }
+
+    fn queue_commit(&self, s: &mut TurnState) {
+        s.pending = 0;
+        let group = self.group.clone();
+        self.writer.queue_now(move |c| commit_group(c, &group));
+    }
+}
+
+/// The writer, held until dropped (or passed on by [`Turn::pass`]).
+struct Turn {
+    turns: Arc<Turns>,
+    held: bool,
+}
+
+impl Turn {
+    fn new(turns: Arc<Turns>) -> Turn {
+        Turn { turns, held: true }
+    }
+
+    fn pass(mut self, committed: bool) {
+        self.held = false;
+        self.turns.pass(committed);
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.held {
+            self.turns.pass(false);
+        }
+    }
+}
+
+/// A place in the queue; if the waiting future is dropped after the writer was given
+/// to it, the writer is given on.
+struct Waiting {
+    turns: Arc<Turns>,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                self.turns.pass(false);
+            }
+        }
+    }
+}
+
+/// Commit the open SQLite transaction (if any) and tell every transaction in the group
+/// the outcome.
+fn commit_group(c: &Connection, group: &Group) {
+    let waiting = std::mem::take(&mut *group.waiting.lock().expect("group"));
+    if c.is_autocommit() {
+        if !waiting.is_empty() {
+            forget_pids();
+            for w in waiting {
+                let _ = w.send(Err(StoreError::Backend(
+                    "the transaction was rolled back by SQLite before it could commit".into(),
+                )));
+            }
+        }
+        return;
+    }
+    match c.execute_batch("COMMIT") {
+        Ok(()) => {
+            group.commits.fetch_add(1, Ordering::Relaxed);
+            for w in waiting {
+                let _ = w.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed");
+            forget_pids();
+            if !c.is_autocommit() {
+                if let Err(e) = c.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %e, "rollback failed");
+                }
+            }
+            for w in waiting {
+                let _ = w.send(Err(StoreError::Backend(format!("commit failed: {e}"))));
+            }
+        }
+    }
+}
+
+/// The SQLite transaction could not be kept after one of its transactions failed:
+/// undo it all and fail every transaction committed into it.
+fn fail_group(c: &Connection, group: &Group, why: &str) {
+    forget_pids();
+    if !c.is_autocommit() {
+        if let Err(e) = c.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rollback failed");
+        }
+    }
+    for w in std::mem::take(&mut *group.waiting.lock().expect("group")) {
+        let _ = w.send(Err(StoreError::Backend(format!(
+            "a later transaction in the same commit failed: {why}"
+        ))));
+    }
+}
+
 fn writer_gone() -> StoreError {
     StoreError::Backend("the SQLite writer thread has stopped".into())
 }
@@ -377,12 +595,13 @@ impl SqliteStore {
             .map_err(db_err)?;
         let background = Connection::open(&path).map_err(db_err)?;
         configure(&background, &options, false, &path)?;
+        let writer = Writer::spawn(writer)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 options,
-                lock: Arc::new(AsyncMutex::new(())),
-                writer: Writer::spawn(writer)?,
+                turns: Arc::new(Turns::new(writer.clone())),
+                writer,
                 readers: Mutex::new(Vec::new()),
                 checkpointer: Checkpointer::spawn(background)?,
             }),
@@ -416,7 +635,7 @@ impl SqliteStore {
 
     /// Flush the WAL into the main database file (used at shutdown).
     pub async fn checkpoint(&self) -> Result<()> {
-        let _lock = self.inner.lock.lock().await;
+        let _turn = self.inner.turns.acquire_alone().await;
         let running = self.inner.checkpointer.running.clone();
         self.inner
             .writer
@@ -719,16 +938,24 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-        let lock = self.inner.lock.clone().lock_owned().await;
+        let turn = self.inner.turns.acquire().await;
         let writer = self.inner.writer.clone();
+        // The SQLite transaction may still be open, holding the writes of transactions
+        // that committed before this one and wait for their group's COMMIT.
         writer
-            .call(|c| c.execute_batch("BEGIN IMMEDIATE").map_err(db_err))
+            .call(|c| {
+                if c.is_autocommit() {
+                    c.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+                }
+                c.execute_batch("SAVEPOINT ltx").map_err(db_err)
+            })
             .await?;
         Ok(Box::new(SqliteTx {
-            _lock: lock,
+            turn: Some(turn),
             writer,
             failed: Arc::new(Mutex::new(None)),
             open: true,
+            released: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -841,7 +1068,7 @@ impl Store for SqliteStore {
     }
 
     async fn clear_reindex_pending(&self) -> Result<()> {
-        let _lock = self.inner.lock.lock().await;
+        let _turn = self.inner.turns.acquire_alone().await;
         self.inner
             .writer
             .call(|c| {
@@ -859,7 +1086,7 @@ impl Store for SqliteStore {
     }
 
     async fn compact(&self) -> Result<()> {
-        let _lock = self.inner.lock.lock().await;
+        let _turn = self.inner.turns.acquire_alone().await;
         let running = self.inner.checkpointer.running.clone();
         self.inner
             .writer
@@ -970,21 +1197,41 @@ impl Store for SqliteStore {
 /// A write transaction: holds the store's write lock; its work runs on the writer
 /// thread.
 struct SqliteTx {
-    _lock: OwnedMutexGuard<()>,
+    /// This transaction's turn on the writer, given on when it ends.
+    turn: Option<Turn>,
     writer: Writer,
     /// The first failure of a queued write, reported by the next call that waits.
     failed: Arc<Mutex<Option<StoreError>>>,
     open: bool,
+    /// Set on the writer once `commit` released the savepoint: from then on the writes
+    /// belong to the group, even if the `commit` future is dropped.
+    released: Arc<AtomicBool>,
 }
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
         if self.open {
-            // Queued before the lock is released, so it runs before the next BEGIN.
-            self.writer.queue_now(|c| {
+            // Queued before the turn is given on, so it runs before the next transaction.
+            // Only this transaction's savepoint is undone: the writes of transactions
+            // committed before it in the same group stay.
+            let group = self.turn.as_ref().map(|t| t.turns.group.clone());
+            let released = self.released.clone();
+            self.writer.queue_now(move |c| {
+                if released.load(Ordering::Relaxed) {
+                    return; // committed into the group before `commit` was dropped
+                }
                 forget_pids();
-                if let Err(e) = c.execute_batch("ROLLBACK") {
+                let undone = if c.is_autocommit() {
+                    Err("SQLite rolled the transaction back after an error".to_string())
+                } else {
+                    c.execute_batch("ROLLBACK TO ltx; RELEASE ltx")
+                        .map_err(|e| e.to_string())
+                };
+                if let Err(e) = undone {
                     tracing::error!(error = %e, "rollback failed");
+                    if let Some(group) = group {
+                        fail_group(c, &group, &e);
+                    }
                 }
             });
         }
@@ -1707,11 +1954,33 @@ impl StoreTx for SqliteTx {
         self.call(move |c| purge_sync(c, &rtype, &id)).await
     }
 
+    /// Group commit: this transaction's savepoint is released at once, and the SQLite
+    /// transaction is committed when no other transaction waits for the writer (or
+    /// the group is full); the call returns once that COMMIT is done, with its result.
+    /// So concurrent writers (HL7 feeds, HTTP clients) share one WAL write of the
+    /// pages they all touched, and nothing is acknowledged before it is durable.
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.call(|c| c.execute_batch("COMMIT").map_err(db_err))
-            .await?;
+        let (done, committed) = oneshot::channel();
+        let group = self
+            .turn
+            .as_ref()
+            .expect("a turn while open")
+            .turns
+            .group
+            .clone();
+        let released = self.released.clone();
+        // On failure (or if this future is dropped) the transaction is dropped holding
+        // its turn, which is given on after its rollback.
+        self.call(move |c| {
+            c.execute_batch("RELEASE ltx").map_err(db_err)?;
+            released.store(true, Ordering::Relaxed);
+            group.waiting.lock().expect("group").push(done);
+            Ok(())
+        })
+        .await?;
         self.open = false;
-        Ok(())
+        self.turn.take().expect("a turn while open").pass(true);
+        committed.await.map_err(|_| writer_gone())?
     }
 }
 
@@ -1877,6 +2146,136 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    /// Wait until `n` transactions wait for the writer.
+    async fn until_waiting(store: &SqliteStore, n: usize) {
+        for _ in 0..2_000 {
+            if store.inner.turns.state.lock().unwrap().queue.len() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("{n} transactions never queued");
+    }
+
+    fn commits(store: &SqliteStore) -> u64 {
+        store.inner.turns.group.commits.load(Ordering::Relaxed)
+    }
+
+    /// Transactions that wait for the writer while another runs commit with it, in one
+    /// SQLite COMMIT; none of them returns (or is visible to readers) before that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_transactions_commit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap());
+        let before = commits(&store);
+        let mut first = store.begin().await.unwrap();
+        first
+            .put(crate::contract::new_version("Patient", "p0", 1, None, "{}"))
+            .await
+            .unwrap();
+        let mut others = vec![];
+        for i in 1..8 {
+            let store = store.clone();
+            others.push(tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                let id = format!("p{i}");
+                tx.put(crate::contract::new_version("Patient", &id, 1, None, "{}"))
+                    .await
+                    .unwrap();
+                tx.commit().await
+            }));
+        }
+        until_waiting(&store, 7).await;
+        let committing = tokio::spawn(async move { first.commit().await });
+        for t in others {
+            t.await.unwrap().unwrap();
+        }
+        committing.await.unwrap().unwrap();
+        assert_eq!(
+            commits(&store) - before,
+            1,
+            "eight transactions, one COMMIT"
+        );
+        for i in 0..8 {
+            assert!(store
+                .read("Patient", &format!("p{i}"))
+                .await
+                .unwrap()
+                .is_some());
+        }
+    }
+
+    /// A transaction that fails inside a group undoes its own writes only; the others
+    /// commit, and a committed transaction is not visible until the group commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rolled_back_transaction_leaves_its_group_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap());
+        let put = |store: Arc<SqliteStore>, id: &'static str, keep: bool| async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.put(crate::contract::new_version("Patient", id, 1, None, "{}"))
+                .await
+                .unwrap();
+            if keep {
+                tx.commit().await
+            } else {
+                // a conflicting write fails the transaction, which is then dropped
+                let stale = crate::contract::new_version("Patient", id, 1, None, "{}");
+                let failed = tx
+                    .put(stale)
+                    .await
+                    .and(tx.read("Patient", id).await.map(|_| ()));
+                assert!(failed.is_err());
+                Ok(())
+            }
+        };
+        let mut a = store.begin().await.unwrap();
+        a.put(crate::contract::new_version("Patient", "a", 1, None, "{}"))
+            .await
+            .unwrap();
+        let b = tokio::spawn(put(store.clone(), "b", false));
+        until_waiting(&store, 1).await;
+        let c = tokio::spawn(put(store.clone(), "c", true));
+        until_waiting(&store, 2).await;
+        // `a` joins the group, and waits for `b` and `c`
+        let a_commit = tokio::spawn(async move { a.commit().await });
+        b.await.unwrap().unwrap();
+        c.await.unwrap().unwrap();
+        a_commit.await.unwrap().unwrap();
+        assert!(store.read("Patient", "a").await.unwrap().is_some());
+        assert!(store.read("Patient", "b").await.unwrap().is_none());
+        assert!(store.read("Patient", "c").await.unwrap().is_some());
+
+        // `d` commits while `e` has the writer: `d` waits for `e`, unseen until then.
+        let mut d = store.begin().await.unwrap();
+        d.put(crate::contract::new_version("Patient", "d", 1, None, "{}"))
+            .await
+            .unwrap();
+        let (has_writer, writer_taken) = oneshot::channel();
+        let (go, went) = oneshot::channel::<()>();
+        let e_store = store.clone();
+        let e = tokio::spawn(async move {
+            let mut tx = e_store.begin().await.unwrap();
+            has_writer.send(()).unwrap();
+            went.await.unwrap();
+            tx.put(crate::contract::new_version("Patient", "e", 1, None, "{}"))
+                .await
+                .unwrap();
+            tx.commit().await
+        });
+        until_waiting(&store, 1).await;
+        let d_commit = tokio::spawn(async move { d.commit().await });
+        writer_taken.await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!d_commit.is_finished(), "d returned before its COMMIT");
+        assert!(store.read("Patient", "d").await.unwrap().is_none());
+        go.send(()).unwrap();
+        e.await.unwrap().unwrap();
+        d_commit.await.unwrap().unwrap();
+        assert!(store.read("Patient", "d").await.unwrap().is_some());
+        assert!(store.read("Patient", "e").await.unwrap().is_some());
     }
 
     /// A rolled-back transaction's new parameter ids are not remembered by the writer.
