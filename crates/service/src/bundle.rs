@@ -307,7 +307,11 @@ impl FhirService {
         match e.verb {
             Verb::Get | Verb::Head => {
                 let mut tx = self.store().begin().await?;
-                self.get_entry(tx.as_mut(), &e, base).await
+                let found = self.get_entry(tx.as_mut(), &e, base).await?;
+                // Committed, not dropped: what it read may be another transaction's
+                // writes waiting for their group's COMMIT (SQLite), so answer after it.
+                tx.commit().await?;
+                Ok(found)
             }
             Verb::Post => {
                 let out = self

@@ -380,6 +380,11 @@ type Group = Arc<GroupCommit>;
 /// Transactions per group commit, at most: bounds how long the first one waits.
 const MAX_GROUP: usize = 64;
 
+/// How long the first transaction of a group may wait for others to join it: a
+/// transaction that commits after this hands the writer on only after the COMMIT, so
+/// a short write (an alert, an ACK) never waits behind a long one for long.
+const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Hands the writer to one write transaction at a time, in arrival order, and decides
 /// when the shared SQLite transaction commits: when a transaction ends and none waits
 /// (or [`MAX_GROUP`] have committed into it). While the writer is idle no SQLite
@@ -398,6 +403,8 @@ struct TurnState {
     queue: VecDeque<oneshot::Sender<()>>,
     /// Transactions committed since the last COMMIT was queued.
     pending: usize,
+    /// When the first of them committed.
+    since: Option<std::time::Instant>,
 }
 
 impl Turns {
@@ -438,9 +445,7 @@ impl Turns {
     /// transaction: checkpoints, compaction).
     async fn acquire_alone(self: &Arc<Self>) -> Turn {
         let turn = self.acquire().await;
-        let group = self.group.clone();
-        self.writer.queue_now(move |c| commit_group(c, &group));
-        self.state.lock().expect("turns").pending = 0;
+        self.queue_commit(&mut self.state.lock().expect("turns"));
         turn
     }
 
@@ -451,11 +456,13 @@ impl Turns {
         let mut s = self.state.lock().expect("turns");
         if committed {
             s.pending += 1;
+            s.since.get_or_insert_with(std::time::Instant::now);
         }
         // A transaction that did not commit may have failed on what the group wrote
         // (a version conflict after reading committed data): commit the group first,
         // so a retry sees it, and repeated failures cannot hold the group back.
-        if s.pending >= MAX_GROUP || (!committed && s.pending > 0) {
+        let old = s.since.is_some_and(|t| t.elapsed() >= MAX_GROUP_WAIT);
+        if s.pending >= MAX_GROUP || old || (!committed && s.pending > 0) {
             self.queue_commit(&mut s);
         }
         while let Some(next) = s.queue.pop_front() {
@@ -470,6 +477,7 @@ impl Turns {
 
     fn queue_commit(&self, s: &mut TurnState) {
         s.pending = 0;
+        s.since = None;
         let group = self.group.clone();
         self.writer.queue_now(move |c| commit_group(c, &group));
     }
@@ -569,6 +577,12 @@ fn fail_group(c: &Connection, group: &Group, why: &str) {
             "a later transaction in the same commit failed: {why}"
         ))));
     }
+}
+
+/// A transaction's statement found no SQLite transaction open: SQLite rolled it back
+/// after an error (disk full, I/O), so its writes are gone.
+fn rolled_back() -> StoreError {
+    StoreError::Backend("the transaction was rolled back by SQLite after an error".into())
 }
 
 fn writer_gone() -> StoreError {
@@ -956,6 +970,7 @@ impl Store for SqliteStore {
             failed: Arc::new(Mutex::new(None)),
             open: true,
             released: Arc::new(AtomicBool::new(false)),
+            committing: false,
         }))
     }
 
@@ -1206,6 +1221,8 @@ struct SqliteTx {
     /// Set on the writer once `commit` released the savepoint: from then on the writes
     /// belong to the group, even if the `commit` future is dropped.
     released: Arc<AtomicBool>,
+    /// `commit` has started: if it is dropped, its writes may be in the group.
+    committing: bool,
 }
 
 impl Drop for SqliteTx {
@@ -1235,6 +1252,12 @@ impl Drop for SqliteTx {
                 }
             });
         }
+        if self.committing {
+            // Count it with the group (it may have joined it): passed as committed.
+            if let Some(turn) = self.turn.take() {
+                turn.pass(true);
+            }
+        }
     }
 }
 
@@ -1260,6 +1283,10 @@ impl SqliteTx {
                 if failed.lock().expect("failure slot").is_some() {
                     return; // the transaction has already failed
                 }
+                if c.is_autocommit() {
+                    *failed.lock().expect("failure slot") = Some(rolled_back());
+                    return; // SQLite ended it after an error: nothing more may run alone
+                }
                 if let Err(e) = f(c) {
                     *failed.lock().expect("failure slot") = Some(e);
                 }
@@ -1278,6 +1305,7 @@ impl SqliteTx {
             .writer
             .call(move |c| match failed.lock().expect("failure slot").take() {
                 Some(e) => Err(e),
+                None if c.is_autocommit() => Err(rolled_back()),
                 None => f(c),
             })
             .await;
@@ -1969,6 +1997,7 @@ impl StoreTx for SqliteTx {
             .group
             .clone();
         let released = self.released.clone();
+        self.committing = true;
         // On failure (or if this future is dropped) the transaction is dropped holding
         // its turn, which is given on after its rollback.
         self.call(move |c| {
