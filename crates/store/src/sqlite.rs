@@ -382,7 +382,9 @@ const MAX_GROUP: usize = 64;
 
 /// How long the first transaction of a group may wait for others to join it: a
 /// transaction that commits after this hands the writer on only after the COMMIT, so
-/// a short write (an alert, an ACK) never waits behind a long one for long.
+/// a group stops growing after 10 ms. The check is made when the writer changes hands:
+/// a short write that hands it to a long transaction (an `$import` batch, a reindex
+/// page) still waits for that one to end.
 const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Hands the writer to one write transaction at a time, in arrival order, and decides
