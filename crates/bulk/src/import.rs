@@ -352,7 +352,7 @@ async fn write_batch(
     let values = p.values;
     let n = values.len() as u64;
     let result = async {
-        let mut tx = service.store().begin().await?;
+        let mut tx = service.store().begin_bulk().await?;
         let written = match mode {
             ImportMode::InitialLoad => service.checked_resources_into(tx.as_mut(), values).await?,
             ImportMode::IncrementalLoad => {

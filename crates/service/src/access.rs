@@ -353,6 +353,13 @@ impl Store for GuardedStore {
         }))
     }
 
+    async fn begin_bulk(&self) -> Result<Box<dyn StoreTx>> {
+        Ok(Box::new(GuardedTx {
+            inner: self.inner.begin_bulk().await?,
+            guard: self.guard.clone(),
+        }))
+    }
+
     async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>> {
         let records = self.inner.read_many(keys).await?;
         // `_include`d and `_revinclude`d resources the caller may not read are left out.

@@ -121,7 +121,7 @@ impl FhirService {
     pub async fn import_resources(&self, items: Vec<Value>) -> Result<usize, ImportFailure> {
         let mut tx = self
             .store()
-            .begin()
+            .begin_bulk()
             .await
             .map_err(|e| ImportFailure::Failed(e.into()))?;
         let n = self.resources_into(tx.as_mut(), items).await?;

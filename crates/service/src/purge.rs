@@ -43,7 +43,7 @@ impl FhirService {
             }
         }
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut tx = store.begin().await?;
+        let mut tx = store.begin_bulk().await?;
         for (t, rid) in &keys {
             if tx.purge(t, rid).await? > 0 {
                 *counts.entry(t.clone()).or_default() += 1;

@@ -67,7 +67,7 @@ impl FhirService {
         let mut done = 0u64;
         loop {
             let page = self.store().scan_current(after, PAGE).await?;
-            let mut tx = self.store().begin().await?;
+            let mut tx = self.store().begin_bulk().await?;
             for rec in &page.records {
                 let Some(body) = rec.body.as_deref() else {
                     continue;

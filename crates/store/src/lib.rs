@@ -67,6 +67,13 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreTx::commit`]; dropping it without committing rolls everything back.
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
 
+    /// [`Store::begin`] for a long unit of work (a bulk-import batch, a reindex page, an
+    /// erasure): a backend that commits concurrent transactions together (SQLite) first
+    /// commits those waiting, so no short write waits for this one to end.
+    async fn begin_bulk(&self) -> Result<Box<dyn StoreTx>> {
+        self.begin().await
+    }
+
     /// Current (non-deleted) versions of the given resources; missing ones are skipped.
     async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>>;
 

@@ -382,9 +382,8 @@ const MAX_GROUP: usize = 64;
 
 /// How long the first transaction of a group may wait for others to join it: a
 /// transaction that commits after this hands the writer on only after the COMMIT, so
-/// a group stops growing after 10 ms. The check is made when the writer changes hands:
-/// a short write that hands it to a long transaction (an `$import` batch, a reindex
-/// page) still waits for that one to end.
+/// a group stops growing after 10 ms. Long transactions (an `$import` batch, a reindex
+/// page, an erasure) begin with [`Store::begin_bulk`], which commits the group first.
 const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Hands the writer to one write transaction at a time, in arrival order, and decides
@@ -622,6 +621,29 @@ impl SqliteStore {
                 checkpointer: Checkpointer::spawn(background)?,
             }),
         })
+    }
+
+    /// Open a write transaction on the writer `turn` gives.
+    async fn begin_in(&self, turn: Turn) -> Result<Box<dyn StoreTx>> {
+        let writer = self.inner.writer.clone();
+        // The SQLite transaction may still be open, holding the writes of transactions
+        // that committed before this one and wait for their group's COMMIT.
+        writer
+            .call(|c| {
+                if c.is_autocommit() {
+                    c.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+                }
+                c.execute_batch("SAVEPOINT ltx").map_err(db_err)
+            })
+            .await?;
+        Ok(Box::new(SqliteTx {
+            turn: Some(turn),
+            writer,
+            failed: Arc::new(Mutex::new(None)),
+            open: true,
+            released: Arc::new(AtomicBool::new(false)),
+            committing: false,
+        }))
     }
 
     /// Open `salus.db` inside a data directory.
@@ -955,25 +977,12 @@ impl Store for SqliteStore {
 
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
         let turn = self.inner.turns.acquire().await;
-        let writer = self.inner.writer.clone();
-        // The SQLite transaction may still be open, holding the writes of transactions
-        // that committed before this one and wait for their group's COMMIT.
-        writer
-            .call(|c| {
-                if c.is_autocommit() {
-                    c.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
-                }
-                c.execute_batch("SAVEPOINT ltx").map_err(db_err)
-            })
-            .await?;
-        Ok(Box::new(SqliteTx {
-            turn: Some(turn),
-            writer,
-            failed: Arc::new(Mutex::new(None)),
-            open: true,
-            released: Arc::new(AtomicBool::new(false)),
-            committing: false,
-        }))
+        self.begin_in(turn).await
+    }
+
+    async fn begin_bulk(&self) -> Result<Box<dyn StoreTx>> {
+        let turn = self.inner.turns.acquire_alone().await;
+        self.begin_in(turn).await
     }
 
     async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>> {
@@ -2307,6 +2316,40 @@ mod tests {
         d_commit.await.unwrap().unwrap();
         assert!(store.read("Patient", "d").await.unwrap().is_some());
         assert!(store.read("Patient", "e").await.unwrap().is_some());
+    }
+
+    /// A bulk transaction first commits the group waiting before it: the write that
+    /// handed it the writer returns while the bulk one still runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bulk_transaction_does_not_hold_back_the_group_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_dir(dir.path(), SqliteOptions::default()).unwrap());
+        let mut a = store.begin().await.unwrap();
+        a.put(crate::contract::new_version("Patient", "a", 1, None, "{}"))
+            .await
+            .unwrap();
+        let (has_writer, writer_taken) = oneshot::channel();
+        let (go, went) = oneshot::channel::<()>();
+        let bulk_store = store.clone();
+        let bulk = tokio::spawn(async move {
+            let mut tx = bulk_store.begin_bulk().await.unwrap();
+            has_writer.send(()).unwrap();
+            went.await.unwrap();
+            tx.put(crate::contract::new_version("Patient", "b", 1, None, "{}"))
+                .await
+                .unwrap();
+            tx.commit().await
+        });
+        until_waiting(&store, 1).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), a.commit())
+            .await
+            .expect("the commit waited for the bulk transaction")
+            .unwrap();
+        writer_taken.await.unwrap();
+        assert!(store.read("Patient", "a").await.unwrap().is_some());
+        go.send(()).unwrap();
+        bulk.await.unwrap().unwrap();
+        assert!(store.read("Patient", "b").await.unwrap().is_some());
     }
 
     /// A rolled-back transaction's new parameter ids are not remembered by the writer.

@@ -45,6 +45,12 @@ impl Store for NotifyingStore {
             changed: self.changed.clone(),
         }))
     }
+    async fn begin_bulk(&self) -> Result<Box<dyn StoreTx>> {
+        Ok(Box::new(NotifyingTx {
+            inner: self.inner.begin_bulk().await?,
+            changed: self.changed.clone(),
+        }))
+    }
     async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<VersionRecord>> {
         self.inner.read_many(keys).await
     }
