@@ -533,12 +533,7 @@ fn commit_group(c: &Connection, group: &Group) {
     let waiting = std::mem::take(&mut *group.waiting.lock().expect("group"));
     if c.is_autocommit() {
         if !waiting.is_empty() {
-            forget_pids();
-            for w in waiting {
-                let _ = w.send(Err(StoreError::Backend(
-                    "the transaction was rolled back by SQLite before it could commit".into(),
-                )));
-            }
+            abort_group(c, waiting, &rolled_back().to_string());
         }
         return;
     }
@@ -551,15 +546,7 @@ fn commit_group(c: &Connection, group: &Group) {
         }
         Err(e) => {
             tracing::error!(error = %e, "commit failed");
-            forget_pids();
-            if !c.is_autocommit() {
-                if let Err(e) = c.execute_batch("ROLLBACK") {
-                    tracing::error!(error = %e, "rollback failed");
-                }
-            }
-            for w in waiting {
-                let _ = w.send(Err(StoreError::Backend(format!("commit failed: {e}"))));
-            }
+            abort_group(c, waiting, &format!("commit failed: {e}"));
         }
     }
 }
@@ -567,16 +554,24 @@ fn commit_group(c: &Connection, group: &Group) {
 /// The SQLite transaction could not be kept after one of its transactions failed:
 /// undo it all and fail every transaction committed into it.
 fn fail_group(c: &Connection, group: &Group, why: &str) {
+    let waiting = std::mem::take(&mut *group.waiting.lock().expect("group"));
+    abort_group(
+        c,
+        waiting,
+        &format!("a later transaction in the same commit failed: {why}"),
+    );
+}
+
+/// Roll back what is left of the SQLite transaction and tell each of `waiting` why.
+fn abort_group(c: &Connection, waiting: Vec<oneshot::Sender<Result<()>>>, why: &str) {
     forget_pids();
     if !c.is_autocommit() {
         if let Err(e) = c.execute_batch("ROLLBACK") {
             tracing::error!(error = %e, "rollback failed");
         }
     }
-    for w in std::mem::take(&mut *group.waiting.lock().expect("group")) {
-        let _ = w.send(Err(StoreError::Backend(format!(
-            "a later transaction in the same commit failed: {why}"
-        ))));
+    for w in waiting {
+        let _ = w.send(Err(StoreError::Backend(why.to_string())));
     }
 }
 
@@ -2199,6 +2194,36 @@ mod tests {
         panic!("{n} transactions never queued");
     }
 
+    /// A transaction (bulk or not) that takes the writer, says so, and writes `id`
+    /// and commits once told to go.
+    fn writer_holder(
+        store: &Arc<SqliteStore>,
+        id: &'static str,
+        bulk: bool,
+    ) -> (
+        tokio::task::JoinHandle<Result<()>>,
+        oneshot::Receiver<()>,
+        oneshot::Sender<()>,
+    ) {
+        let (has_writer, writer_taken) = oneshot::channel();
+        let (go, went) = oneshot::channel::<()>();
+        let store = store.clone();
+        let task = tokio::spawn(async move {
+            let mut tx = if bulk {
+                store.begin_bulk().await.unwrap()
+            } else {
+                store.begin().await.unwrap()
+            };
+            has_writer.send(()).unwrap();
+            went.await.unwrap();
+            tx.put(crate::contract::new_version("Patient", id, 1, None, "{}"))
+                .await
+                .unwrap();
+            tx.commit().await
+        });
+        (task, writer_taken, go)
+    }
+
     fn commits(store: &SqliteStore) -> u64 {
         store.inner.turns.group.commits.load(Ordering::Relaxed)
     }
@@ -2293,18 +2318,7 @@ mod tests {
         d.put(crate::contract::new_version("Patient", "d", 1, None, "{}"))
             .await
             .unwrap();
-        let (has_writer, writer_taken) = oneshot::channel();
-        let (go, went) = oneshot::channel::<()>();
-        let e_store = store.clone();
-        let e = tokio::spawn(async move {
-            let mut tx = e_store.begin().await.unwrap();
-            has_writer.send(()).unwrap();
-            went.await.unwrap();
-            tx.put(crate::contract::new_version("Patient", "e", 1, None, "{}"))
-                .await
-                .unwrap();
-            tx.commit().await
-        });
+        let (e, writer_taken, go) = writer_holder(&store, "e", false);
         until_waiting(&store, 1).await;
         let d_commit = tokio::spawn(async move { d.commit().await });
         writer_taken.await.unwrap();
@@ -2328,18 +2342,7 @@ mod tests {
         a.put(crate::contract::new_version("Patient", "a", 1, None, "{}"))
             .await
             .unwrap();
-        let (has_writer, writer_taken) = oneshot::channel();
-        let (go, went) = oneshot::channel::<()>();
-        let bulk_store = store.clone();
-        let bulk = tokio::spawn(async move {
-            let mut tx = bulk_store.begin_bulk().await.unwrap();
-            has_writer.send(()).unwrap();
-            went.await.unwrap();
-            tx.put(crate::contract::new_version("Patient", "b", 1, None, "{}"))
-                .await
-                .unwrap();
-            tx.commit().await
-        });
+        let (bulk, writer_taken, go) = writer_holder(&store, "b", true);
         until_waiting(&store, 1).await;
         tokio::time::timeout(std::time::Duration::from_secs(10), a.commit())
             .await
